@@ -1,0 +1,93 @@
+"""The application factory: each resource opened in its own cleanup context, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from . import keys
+from .auth import Authenticator
+from .config import Config
+from .handlers import policy_endpoint
+from .notify.channels import Channel, build_channel
+from .notify.render import Renderer
+from .origin.resolver import OriginResolver
+from .recorder import LoginRecorder
+from .stats import Stats
+from .store import open_store
+from .worker import Worker
+
+log = logging.getLogger("policy_server.app")
+
+
+async def _origin_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    # Opening geo files (and the bundled dataset) reads megabytes: keep it off the loop.
+    resolver = await asyncio.to_thread(OriginResolver.from_config, config.geoip)
+    for part, source in resolver.describe().items():
+        log.info("origin %s: %s", part, source)
+    app[keys.RESOLVER] = resolver
+    yield
+    resolver.close()
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = await open_store(app[keys.CONFIG].storage)
+    app[keys.STORE] = store
+    yield
+    await store.close()
+
+
+async def _channels_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    app[keys.RENDERER] = Renderer(config.message)
+    channels: dict[str, Channel] = {}
+    for channel_config in config.channels:
+        channel = build_channel(channel_config)
+        await channel.open()
+        channels[channel.name] = channel
+    app[keys.CHANNELS] = channels
+    yield
+    for channel in channels.values():
+        await channel.close()
+
+
+async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    worker = Worker(app[keys.STORE], app[keys.CHANNELS], app[keys.RENDERER], config.queue)
+    app[keys.WORKER] = worker
+    app[keys.RECORDER] = LoginRecorder(
+        config,
+        app[keys.STORE],
+        lambda: app[keys.RESOLVER],
+        list(app[keys.CHANNELS]),
+        on_notice=worker.wake,
+    )
+    task = asyncio.create_task(worker.run(), name="delivery-worker")
+    task.add_done_callback(_worker_ended)
+    app[keys.WORKER_TASK] = task
+    yield
+    worker.stop()
+    with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+        await asyncio.wait_for(task, timeout=10)
+
+
+def _worker_ended(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        # A dead worker must be loud: notices would pile up unseen.
+        log.critical("delivery worker died", exc_info=task.exception())
+
+
+def create_app(config: Config) -> web.Application:
+    """The service as an aiohttp application; resources open on startup, close on cleanup."""
+    app = web.Application(client_max_size=config.server.max_body_bytes)
+    app[keys.CONFIG] = config
+    app[keys.STATS] = Stats()
+    app[keys.AUTH] = Authenticator(config.server)
+    app.cleanup_ctx.extend([_origin_ctx, _store_ctx, _channels_ctx, _worker_ctx])
+    app.router.add_route("*", "/{tail:.*}", policy_endpoint)
+    return app

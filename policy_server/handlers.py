@@ -1,0 +1,132 @@
+"""The Dovecot-facing HTTP endpoint.
+
+``allow`` is answered at once. ``report`` is recorded and answered after its commit, inside a
+time budget: when the budget runs out or anything fails, Dovecot gets ``{"status":0}`` anyway
+(fail open) and the work, if still running, is left to finish on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from aiohttp import web
+
+from . import keys
+from .logs import RateLimitedLog
+from .model import Command
+from .protocol import ALLOW_ANSWER, REPORT_ANSWER, ProtocolError, parse_request
+from .stats import Stats
+from .store.base import Outcome
+
+log = logging.getLogger("policy_server.http")
+_limited = RateLimitedLog(log)
+
+_JSON = "application/json"
+
+
+def _answer(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, content_type=_JSON)
+
+
+def _error(exc: ProtocolError, request: web.Request) -> web.Response:
+    # One line per refused request, naming the peer and what was wrong, never the body.
+    _limited.log(
+        logging.WARNING,
+        f"refused:{exc.code}",
+        "refused request from %s: %s: %s",
+        request.remote,
+        exc.code,
+        exc.detail,
+    )
+    return _answer(json.dumps(exc.as_json()).encode(), exc.status)
+
+
+async def policy_endpoint(request: web.Request) -> web.Response:
+    app = request.app
+    stats = app[keys.STATS]
+    command = request.query.get("command", "")
+    if request.method != "POST":
+        stats.count(command or "-", "bad_method")
+        response = _error(
+            ProtocolError("method_not_allowed", f"{request.method} is not allowed; use POST", 405),
+            request,
+        )
+        response.headers["Allow"] = "POST"
+        return response
+    if not app[keys.AUTH].allows(request.headers):
+        stats.count(command or "-", "unauthorized")
+        return _error(
+            ProtocolError("unauthorized", "missing or wrong API header / Basic auth", 401),
+            request,
+        )
+    limit = app[keys.CONFIG].server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        stats.count(command or "-", "too_large")
+        return _error(
+            ProtocolError("body_too_large", f"body over the {limit}-byte limit", 413), request
+        )
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        stats.count(command or "-", "too_large")
+        return _error(
+            ProtocolError("body_too_large", f"body over the {limit}-byte limit", 413), request
+        )
+    try:
+        event = parse_request(command, body)
+    except ProtocolError as exc:
+        stats.count(command or "-", exc.code)
+        return _error(exc, request)
+    if event.command is Command.ALLOW:
+        stats.count("allow", "ok")
+        return _answer(ALLOW_ANSWER)
+
+    received = time.time()
+    budget = app[keys.CONFIG].server.request_budget_ms / 1000
+    work = asyncio.ensure_future(app[keys.RECORDER].report(event, received))
+    try:
+        outcome = await asyncio.wait_for(asyncio.shield(work), budget)
+    except TimeoutError:
+        work.add_done_callback(_late_result)
+        stats.fail_open += 1
+        stats.count("report", "fail_open")
+        _limited.log(
+            logging.WARNING,
+            "budget",
+            "report for %s not recorded within %.0f ms; answered status 0",
+            event.protocol or "?",
+            budget * 1000,
+        )
+        return _answer(REPORT_ANSWER)
+    except Exception as exc:
+        stats.fail_open += 1
+        stats.count("report", "fail_open")
+        _limited.log(
+            logging.ERROR,
+            f"error:{type(exc).__name__}",
+            "report failed, answered status 0: %s",
+            exc,
+        )
+        return _answer(REPORT_ANSWER)
+    _count_outcome(stats, outcome)
+    return _answer(REPORT_ANSWER)
+
+
+def _count_outcome(stats: Stats, outcome: Outcome) -> None:
+    if outcome.notice_id is not None:
+        stats.notices_queued += 1
+        stats.count("report", "notice")
+    else:
+        stats.count("report", "ok")
+
+
+def _late_result(task: asyncio.Future[Outcome]) -> None:
+    """Collect the result of a report that finished after its answer, so no error goes unseen."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        _limited.log(logging.ERROR, "late", "late report failed: %s", exc)

@@ -1,0 +1,28 @@
+"""Typed keys for what the aiohttp application holds."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from .auth import Authenticator
+from .config import Config
+from .notify.channels import Channel
+from .notify.render import Renderer
+from .origin.resolver import OriginResolver
+from .recorder import LoginRecorder
+from .stats import Stats
+from .store.base import Store
+from .worker import Worker
+
+CONFIG = web.AppKey("config", Config)
+STATS = web.AppKey("stats", Stats)
+AUTH = web.AppKey("auth", Authenticator)
+RESOLVER = web.AppKey("resolver", OriginResolver)
+STORE = web.AppKey("store", Store)
+RENDERER = web.AppKey("renderer", Renderer)
+CHANNELS = web.AppKey("channels", dict[str, Channel])
+RECORDER = web.AppKey("recorder", LoginRecorder)
+WORKER = web.AppKey("worker", Worker)
+WORKER_TASK = web.AppKey("worker_task", asyncio.Task[None])

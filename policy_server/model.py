@@ -1,0 +1,147 @@
+"""The domain types every part shares: a login event, an origin, reason codes, a notice."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class Command(enum.StrEnum):
+    """The two commands Dovecot's auth-policy client sends."""
+
+    ALLOW = "allow"
+    REPORT = "report"
+
+
+class AddressClass(enum.StrEnum):
+    """What kind of address a client address is, before any geo lookup."""
+
+    GLOBAL = "global"
+    PRIVATE = "private"
+    LOOPBACK = "loopback"
+    CGNAT = "cgnat"
+    LINK_LOCAL = "link-local"
+    RESERVED = "reserved"
+
+
+class Reason(enum.StrEnum):
+    """Why a login is unusual. The values are the reason codes of the external contract."""
+
+    FIRST_USE = "first_use"
+    NEW_COUNTRY = "new_country"
+    NEW_PROVIDER = "new_provider"
+
+
+@dataclass(frozen=True, slots=True)
+class LoginEvent:
+    """One request from Dovecot, reduced to what the service needs.
+
+    ``attributes`` keeps the other string attributes Dovecot sent (never ``pwhash``).
+    """
+
+    command: Command
+    login: str
+    remote: str
+    protocol: str
+    success: bool | None = None
+    policy_reject: bool | None = None
+    tls: bool | None = None
+    session_id: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a client address comes from.
+
+    ``provider`` is the identity used to compare providers: ``AS<n>`` when the ASN is known,
+    ``org:<name>`` when only the AS organisation is (as with the bundled dataset), else None.
+    """
+
+    address: str
+    address_class: AddressClass
+    prefix: str
+    country: str | None = None
+    asn: int | None = None
+    as_org: str | None = None
+
+    @property
+    def provider(self) -> str | None:
+        if self.asn is not None:
+            return f"AS{self.asn}"
+        if self.as_org:
+            return f"org:{self.as_org}"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class KnownOrigin:
+    """One origin an account has logged in from successfully, as stored."""
+
+    prefix: str
+    country: str | None
+    provider: str | None
+    as_org: str | None
+    first_seen: float
+    last_seen: float
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """What the store knows about an account: its known origins (empty for a new account)."""
+
+    account: str
+    origins: tuple[KnownOrigin, ...] = ()
+
+    @property
+    def is_new(self) -> bool:
+        return not self.origins
+
+    def find(self, origin: Origin) -> KnownOrigin | None:
+        """The stored row for exactly this origin (same prefix, country and provider), if any."""
+        for known in self.origins:
+            if (
+                known.prefix == origin.prefix
+                and known.country == origin.country
+                and known.provider == origin.provider
+            ):
+                return known
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A queued notice: what happened and why, as stored with the queue row.
+
+    ``time`` is when the login was reported (aware datetime, UTC).
+    """
+
+    id: str
+    account: str
+    login: str
+    reasons: tuple[Reason, ...]
+    protocol: str
+    remote: str
+    time: datetime
+    country: str | None
+    asn: int | None
+    as_org: str | None
+    prefix: str
+    history: tuple[dict[str, Any], ...] = ()
+
+    def payload_fields(self) -> dict[str, Any]:
+        """The fields of the external webhook contract, without ``message``."""
+        return {
+            "id": self.id,
+            "login": self.login,
+            "reasons": [r.value for r in self.reasons],
+            "protocol": self.protocol,
+            "remote": self.remote,
+            "country": self.country,
+            "asn": self.asn,
+            "as_org": self.as_org,
+            "time": self.time.isoformat(),
+        }

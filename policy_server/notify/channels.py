@@ -1,0 +1,46 @@
+"""The interface every delivery channel implements, and the factory that builds one from config."""
+
+from __future__ import annotations
+
+import abc
+
+from ..config import ChannelConfig, LogChannelConfig, WebhookChannelConfig
+from ..model import Notice
+
+
+class Channel(abc.ABC):
+    """One way of delivering a rendered notice.
+
+    The worker calls ``open`` once before the first ``send`` and ``close`` once at shutdown, so
+    that connection pools live as long as the worker. ``send`` reports failure only by raising a
+    :class:`~policy_server.notify.errors.DeliveryError` subclass.
+    """
+
+    name: str
+
+    async def open(self) -> None:  # noqa: B027 - most channels hold no resources
+        """Acquire what ``send`` needs (client sessions, connections)."""
+
+    @abc.abstractmethod
+    async def send(self, notice: Notice, message: str) -> None:
+        """Deliver ``message`` (the rendered text of ``notice``)."""
+
+    async def close(self) -> None:  # noqa: B027 - most channels hold no resources
+        """Release what ``open`` acquired; safe to call when ``open`` was not."""
+
+
+def build_channel(config: ChannelConfig) -> Channel:
+    """The channel a ``[[channels]]`` entry describes.
+
+    Raises ValueError when the entry cannot work (such as a malformed ``whsec_`` secret).
+    """
+    # imported here so that each channel's dependencies load only when that channel is configured
+    if isinstance(config, WebhookChannelConfig):
+        from .webhook import WebhookChannel
+
+        return WebhookChannel(config)
+    if isinstance(config, LogChannelConfig):
+        from .logchannel import LogChannel
+
+        return LogChannel(config)
+    raise ValueError(f"unknown channel type {getattr(config, 'type', None)!r}")

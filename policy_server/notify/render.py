@@ -1,0 +1,292 @@
+"""Turning a notice into the text an account owner reads, in their language.
+
+Templates are whole files, one per language: ``<lang>/notice.txt``. An admin's
+``message.templates_dir`` is searched first, then the templates shipped with the package, so an
+override dir may replace a shipped language or add a new one.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import jinja2
+import jinja2.meta
+from babel import Locale, UnknownLocaleError
+from babel.core import get_global
+from babel.dates import format_datetime, get_timezone_location
+
+from ..config import MessageConfig
+from ..model import Notice, Reason
+
+TEMPLATE_FILE = "notice.txt"
+FALLBACK_LANGUAGE = "en"
+TIME_FORMAT = "yyyy/MM/dd HH:mm:ss"
+
+PROTOCOL_LABELS = {
+    "imap": "IMAP",
+    "pop3": "POP3",
+    # to the account owner, sending mail is SMTP whichever port or daemon took it
+    "smtp": "SMTP",
+    "submission": "SMTP",
+    "sieve": "ManageSieve",
+    "managesieve": "ManageSieve",
+    "lmtp": "LMTP",
+}
+
+TEMPLATE_VARIABLES = frozenset(
+    {
+        "service_name",
+        "protocols",
+        "time",
+        "tz_label",
+        "country_name",
+        "country",
+        "help_url",
+        "login",
+        "reasons",
+        "as_org",
+        "asn",
+    }
+)
+
+# What check() renders: one origin fully resolved and one not, since templates branch on unknowns.
+SAMPLE_NOTICES = (
+    Notice(
+        id="sample-resolved",
+        account="user@example.jp",
+        login="user@example.jp",
+        reasons=(Reason.NEW_COUNTRY, Reason.NEW_PROVIDER),
+        protocol="imap",
+        remote="203.0.113.7",
+        time=datetime(2020, 3, 10, 20, 12, 44, tzinfo=UTC),
+        country="JP",
+        asn=64500,
+        as_org="Example Networks",
+        prefix="203.0.113.0/24",
+    ),
+    Notice(
+        id="sample-unresolved",
+        account="user@example.jp",
+        login="user@example.jp",
+        reasons=(Reason.FIRST_USE,),
+        protocol="submission",
+        remote="198.51.100.20",
+        time=datetime(2020, 3, 10, 21, 0, 0, tzinfo=UTC),
+        country=None,
+        asn=None,
+        as_org=None,
+        prefix="198.51.100.0/24",
+    ),
+)
+
+
+class TemplateError(ValueError):
+    """Templates that cannot be used; ``problems`` lists each one, naming its file."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def protocol_label(protocol: str) -> str:
+    """How a Dovecot protocol name is shown to an account owner."""
+    name = protocol.strip().lower()
+    return PROTOCOL_LABELS.get(name, name.upper())
+
+
+def protocol_labels(protocols: Iterable[str]) -> str:
+    """Labels of several protocols joined by "/", each once, in first-seen order."""
+    labels = dict.fromkeys(protocol_label(p) for p in protocols if p.strip())
+    return "/".join(labels)
+
+
+def timezone_label(tz: ZoneInfo, when: datetime, locale: Locale) -> str:
+    """How the time zone of the access time is named: by its place, as people know it.
+
+    Zones that belong to no territory (UTC, Etc/GMT+9) have no place; Babel would call them an
+    "Unknown Region", which reads like a warning, so they get their own name instead.
+    """
+    canonical = get_global("zone_aliases").get(tz.key, tz.key)
+    if get_global("zone_territories").get(canonical, "ZZ") not in ("ZZ", "001"):
+        return get_timezone_location(tz, locale=locale)
+    return format_datetime(when, "zzzz", tzinfo=tz, locale=locale)
+
+
+def _language_key(language: str) -> str:
+    return language.strip().replace("-", "_").lower()
+
+
+def _babel_locale(language: str) -> Locale:
+    try:
+        return Locale.parse(language.replace("-", "_"))
+    except (UnknownLocaleError, ValueError, TypeError):
+        # a custom language dir Babel has no data for still gets readable dates and names
+        return Locale.parse(FALLBACK_LANGUAGE)
+
+
+def _language_dirs(root: Traversable) -> set[str]:
+    """Names of the subdirectories of ``root`` that hold a template."""
+    return {
+        entry.name
+        for entry in root.iterdir()
+        if entry.is_dir() and entry.joinpath(TEMPLATE_FILE).is_file()
+    }
+
+
+class Renderer:
+    """Renders notices with Jinja2 templates, one per language.
+
+    Construction loads and compiles every template, checks that each uses only the known
+    variables, and renders sample notices in every language; any problem raises
+    :class:`TemplateError` listing them all, so a broken override dir stops the service (and
+    ``check-config``) at startup instead of failing deliveries later. :meth:`check` repeats the
+    trial render and returns the problems as a list.
+    """
+
+    def __init__(self, config: MessageConfig) -> None:
+        self._config = config
+        self._tz = ZoneInfo(config.timezone)
+        package_root = importlib.resources.files("policy_server.notify").joinpath("templates")
+        loaders: list[jinja2.BaseLoader] = []
+        languages = _language_dirs(package_root)
+        if config.templates_dir:
+            override = Path(config.templates_dir)
+            if not override.is_dir():
+                raise TemplateError([f"templates_dir {override} is not a directory"])
+            loaders.append(jinja2.FileSystemLoader(override, encoding="utf-8"))
+            languages |= _language_dirs(override)
+        loaders.append(jinja2.PackageLoader("policy_server.notify", "templates"))
+
+        self._languages = {_language_key(lang): lang for lang in sorted(languages)}
+        default = self._languages.get(_language_key(config.language))
+        if default is None:
+            raise TemplateError(
+                [
+                    f"message.language {config.language!r}: no {config.language}/{TEMPLATE_FILE} "
+                    f"(languages available: {', '.join(sorted(languages)) or 'none'})"
+                ]
+            )
+        self._default = default
+
+        loader = jinja2.ChoiceLoader(loaders)
+        self._env = jinja2.Environment(
+            loader=loader,
+            undefined=jinja2.StrictUndefined,
+            # the output is plain text (SMS, a JSON string), never HTML: escaping would put
+            # "&amp;" into a customer's message
+            autoescape=False,  # noqa: S701
+            keep_trailing_newline=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            # templates are compiled once here and checked; a file edited later must not change
+            # what a running service sends without passing the same checks
+            auto_reload=False,
+        )
+        self._templates: dict[str, jinja2.Template] = {}
+        self._locales: dict[str, Locale] = {}
+        problems: list[str] = []
+        for lang in self._languages.values():
+            self._locales[lang] = _babel_locale(lang)
+            name = f"{lang}/{TEMPLATE_FILE}"
+            try:
+                source, filename, _ = loader.get_source(self._env, name)
+                unknown = (
+                    jinja2.meta.find_undeclared_variables(self._env.parse(source, name, filename))
+                    - TEMPLATE_VARIABLES
+                    - set(self._env.globals)
+                )
+                self._templates[lang] = self._env.get_template(name)
+            except jinja2.TemplateSyntaxError as exc:
+                problems.append(f"{exc.filename or name}:{exc.lineno}: syntax error: {exc.message}")
+                continue
+            except (jinja2.TemplateError, OSError, UnicodeDecodeError) as exc:
+                problems.append(f"{name}: cannot load: {exc}")
+                continue
+            if unknown:
+                problems.append(
+                    f"{filename or name}: unknown variable(s) {', '.join(sorted(unknown))}; "
+                    f"known: {', '.join(sorted(TEMPLATE_VARIABLES))}"
+                )
+        if not problems:
+            problems = self.check()
+        if problems:
+            raise TemplateError(problems)
+
+    @property
+    def languages(self) -> list[str]:
+        """The languages a notice can be rendered in."""
+        return sorted(self._languages.values())
+
+    @property
+    def default_language(self) -> str:
+        return self._default
+
+    def resolve_language(self, language: str | None) -> str:
+        """The available language used for a requested one.
+
+        ``ja-JP`` finds ``ja``; an unknown or missing language gets the configured default
+        (which construction made sure exists, so English is never needed as a last resort).
+        """
+        if language:
+            key = _language_key(language)
+            for candidate in (key, key.partition("_")[0]):
+                if candidate in self._languages:
+                    return self._languages[candidate]
+        return self._default
+
+    def variables(self, notice: Notice, language: str) -> dict[str, Any]:
+        """What a template sees for ``notice`` in ``language``."""
+        locale = self._locales.get(language) or _babel_locale(language)
+        when = notice.time
+        if when.tzinfo is None:
+            # the store keeps UTC; a naive time can only have come from there
+            when = when.replace(tzinfo=UTC)
+        country = notice.country.upper() if notice.country else None
+        return {
+            "service_name": self._config.service_name,
+            "protocols": protocol_labels([notice.protocol]),
+            "time": format_datetime(when, TIME_FORMAT, tzinfo=self._tz, locale=locale),
+            "tz_label": timezone_label(self._tz, when, locale),
+            "country_name": locale.territories.get(country) if country else None,
+            "country": country,
+            "help_url": self._config.help_url,
+            "login": notice.login,
+            "reasons": [reason.value for reason in notice.reasons],
+            "as_org": notice.as_org,
+            "asn": notice.asn,
+        }
+
+    def render(self, notice: Notice, language: str | None = None) -> str:
+        """The text of ``notice``; raises TemplateError when the template fails on this notice."""
+        lang = self.resolve_language(language)
+        template = self._templates[lang]
+        try:
+            return template.render(self.variables(notice, lang))
+        except jinja2.TemplateError as exc:
+            raise TemplateError([f"{template.filename or lang}: {exc}"]) from exc
+
+    def check(self) -> list[str]:
+        """Problems found by rendering sample notices in every language; [] when all render."""
+        problems: list[str] = []
+        for lang, template in sorted(self._templates.items()):
+            filename = template.filename or f"{lang}/{TEMPLATE_FILE}"
+            for notice in SAMPLE_NOTICES:
+                try:
+                    text = template.render(self.variables(notice, lang))
+                except jinja2.UndefinedError as exc:
+                    problems.append(f"{filename}: undefined: {exc.message}")
+                    break
+                except Exception as exc:
+                    # an admin's template can fail in any filter or test; report, don't crash
+                    problems.append(f"{filename}: {type(exc).__name__}: {exc}")
+                    break
+                if not text.strip():
+                    problems.append(f"{filename}: renders an empty message")
+                    break
+        return problems

@@ -1,0 +1,151 @@
+"""Dovecot's auth-policy wire format: a request body becomes a LoginEvent; nothing else here.
+
+What real Dovecot sends, and this module accepts:
+
+* every configured attribute is a JSON string (``"rport":"5555"``); only ``success``,
+  ``policy_reject`` and ``tls``, which Dovecot appends itself, are booleans;
+* a ``/`` in an attribute name nests one level (``"extra":{"service":"imap"}``);
+* a user attribute named ``tls`` gives the key twice; the last one, Dovecot's boolean, wins;
+* two or more ``/`` in one attribute name make Dovecot 2.3 emit invalid JSON: the request is
+  refused with an error that says so, so the admin can fix the attribute list.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Final
+
+from .model import Command, LoginEvent
+from .origin.address import AddressError, parse_address
+
+ALLOW_ANSWER: Final = b'{"status":0,"msg":""}'
+REPORT_ANSWER: Final = b'{"status":0,"msg":""}'
+
+# Keys never kept on an event: pwhash is a (weak) password digest and must not reach storage.
+_DROPPED: Final = frozenset({"pwhash"})
+_KNOWN: Final = frozenset(
+    {"login", "remote", "protocol", "success", "policy_reject", "tls", "session_id"}
+)
+_NESTED_KEY = re.compile(rb'"[^"\\]{0,200}/[^"\\]{0,200}"\s*:')
+
+
+class ProtocolError(ValueError):
+    """A request the service refuses. ``code`` is a short machine-readable name."""
+
+    def __init__(self, code: str, detail: str, status: int = 400) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.status = status
+
+    def as_json(self) -> dict[str, str]:
+        return {"error": self.code, "detail": self.detail}
+
+
+def parse_command(value: str | None) -> Command:
+    if value is None or value == "":
+        raise ProtocolError("missing_command", "the query has no command= parameter")
+    try:
+        return Command(value)
+    except ValueError:
+        raise ProtocolError(
+            "unknown_command", f"unknown command {value[:32]!r}; expected allow or report"
+        ) from None
+
+
+def _decode(body: bytes) -> dict[str, Any]:
+    if not body:
+        raise ProtocolError("empty_body", "the request body is empty; expected a JSON object")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("invalid_utf8", f"the body is not UTF-8 (byte {exc.start})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        hint = ""
+        if _NESTED_KEY.search(body):
+            hint = (
+                " (Dovecot 2.3 sends invalid JSON when an auth_policy_request_attributes key"
+                " has more than one '/': use at most one level, e.g. attrs/name=...)"
+            )
+        raise ProtocolError(
+            "invalid_json",
+            f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}{hint}",
+        ) from None
+    except RecursionError:
+        raise ProtocolError("invalid_json", "invalid JSON: nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(
+            "not_an_object", f"the body is a JSON {type(data).__name__}, expected an object"
+        )
+    return data
+
+
+def _string(data: dict[str, Any], key: str, *, required: bool) -> str:
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise ProtocolError(f"missing_{key}", f"the body has no {key!r} attribute")
+        return ""
+    if not isinstance(value, str):
+        raise ProtocolError("wrong_type", f"{key!r} must be a string, got {_json_type(value)}")
+    return value
+
+
+def _flag(data: dict[str, Any], key: str) -> bool | None:
+    value = data.get(key)
+    if value is None or isinstance(value, bool):
+        return value
+    # Dovecot appends these as JSON booleans; accept the string forms an admin might template.
+    if value in ("true", "false"):
+        return value == "true"
+    raise ProtocolError("wrong_type", f"{key!r} must be a boolean, got {_json_type(value)}")
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    return "null"
+
+
+def parse_request(command: str | None, body: bytes) -> LoginEvent:
+    """Turn one request into a LoginEvent, or raise ProtocolError saying what is wrong.
+
+    The error text never repeats attribute values: a body may carry a password digest.
+    """
+    cmd = parse_command(command)
+    data = _decode(body)
+    login = _string(data, "login", required=True)
+    if not login.strip():
+        raise ProtocolError("missing_login", "'login' is empty")
+    remote = _string(data, "remote", required=True)
+    try:
+        parse_address(remote)
+    except AddressError:
+        raise ProtocolError(
+            "invalid_remote", "'remote' is not an IP address (is %{rip} in the attributes?)"
+        ) from None
+    success = _flag(data, "success")
+    if cmd is Command.REPORT and success is None:
+        raise ProtocolError("missing_success", "a report needs the boolean 'success'")
+    return LoginEvent(
+        command=cmd,
+        login=login,
+        remote=remote,
+        protocol=_string(data, "protocol", required=False),
+        success=success,
+        policy_reject=_flag(data, "policy_reject"),
+        tls=_flag(data, "tls"),
+        session_id=_string(data, "session_id", required=False),
+        attributes={k: v for k, v in data.items() if k not in _KNOWN and k not in _DROPPED},
+    )

@@ -1,0 +1,71 @@
+"""The request path of a report: origin, history, decision, and the committed record."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from .accounts import normalize_login
+from .config import Config
+from .model import LoginEvent, Origin
+from .origin.resolver import OriginResolver
+from .policy import KNOWN, decide
+from .store.base import Decide, Outcome, Store, SuccessfulLogin
+
+
+class LoginRecorder:
+    """Turns reports into history and queued notices.
+
+    A repeat login from a known origin seen less than ``touch_granularity_s`` ago costs one
+    indexed read and no write; everything else goes through the store's group commit, which
+    decides again against the history inside the transaction.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        resolver: Callable[[], OriginResolver],
+        channels: Sequence[str],
+        on_notice: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._resolver = resolver
+        self._channels = tuple(channels)
+        self._on_notice = on_notice
+        policy = config.policy
+        self._decide: Decide = lambda history, origin: decide(history, origin, policy)
+
+    def origin(self, remote: str) -> Origin:
+        return self._resolver().resolve(remote)
+
+    async def report(self, event: LoginEvent, at: float | None = None) -> Outcome:
+        at = time.time() if at is None else at
+        account = normalize_login(event.login, self._config.accounts)
+        if not event.success:
+            await self._store.record_failure(account, at)
+            return Outcome(decision=KNOWN, wrote=True)
+        origin = self.origin(event.remote)
+        granularity = self._config.policy.touch_granularity_s
+        history = await self._store.history(account)
+        known = history.find(origin)
+        if known is not None and at - known.last_seen < granularity:
+            return Outcome(decision=KNOWN)
+        outcome = await self._store.record_success(
+            SuccessfulLogin(
+                account=account,
+                login=event.login,
+                protocol=event.protocol,
+                remote=event.remote,
+                origin=origin,
+                at=at,
+            ),
+            self._decide,
+            self._channels,
+            touch_after=granularity,
+            deadline_s=self._config.queue.deadline_s,
+        )
+        if outcome.notice_id is not None:
+            self._on_notice()
+        return outcome

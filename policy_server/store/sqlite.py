@@ -1,0 +1,577 @@
+"""The embedded store: one SQLite file in WAL mode through aiosqlite.
+
+Two connections: readers use one (WAL lets them run beside a writer); every write goes through
+the other, owned by one writer task. Concurrent logins are committed together (group commit):
+the writer takes every operation waiting in its queue, waits at most ``group_commit_wait_ms``
+for more, and applies them in one transaction with a handful of statements, so durability costs
+one commit per batch rather than one per login.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from ..config import StorageConfig
+from ..model import History, KnownOrigin, Notice, Reason
+from ..policy import KNOWN
+from .base import (
+    Decide,
+    Delivery,
+    DeliveryResult,
+    Outcome,
+    Store,
+    StoreError,
+    SuccessfulLogin,
+    origin_snapshot,
+)
+
+log = logging.getLogger("policy_server.store")
+
+# SQLite's limit on bound parameters is 32766 in current builds; stay far below it.
+_IN_CHUNK = 500
+
+
+@dataclass(slots=True)
+class _RecordOp:
+    login: SuccessfulLogin
+    decide: Decide
+    channels: Sequence[str]
+    touch_after: float
+    deadline_s: float
+    future: asyncio.Future[Outcome] = field(repr=False)
+
+
+@dataclass(slots=True)
+class _FailureOp:
+    account: str
+    at: float
+    future: asyncio.Future[Outcome] = field(repr=False)
+
+
+_Op = _RecordOp | _FailureOp
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files("policy_server.store").joinpath("migrations", "sqlite")
+    found: list[tuple[int, str]] = []
+    for entry in folder.iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:4].isdigit():
+            found.append((int(name[:4]), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def _known(row: Sequence[Any]) -> KnownOrigin:
+    return KnownOrigin(
+        prefix=row[0],
+        country=row[1] or None,
+        provider=row[2] or None,
+        as_org=row[3],
+        first_seen=row[4],
+        last_seen=row[5],
+        count=row[6],
+    )
+
+
+def _notice_from_payload(payload: str) -> Notice:
+    data = json.loads(payload)
+    return Notice(
+        id=data["id"],
+        account=data["account"],
+        login=data["login"],
+        reasons=tuple(Reason(r) for r in data["reasons"]),
+        protocol=data["protocol"],
+        remote=data["remote"],
+        time=datetime.fromisoformat(data["time"]),
+        country=data["country"],
+        asn=data["asn"],
+        as_org=data["as_org"],
+        prefix=data["prefix"],
+        history=tuple(data.get("history", ())),
+    )
+
+
+def _notice_payload(notice: Notice) -> str:
+    data = notice.payload_fields()
+    data.update(account=notice.account, prefix=notice.prefix, history=list(notice.history))
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+_SELECT_ORIGINS = (
+    "SELECT prefix, country, provider, as_org, first_seen, last_seen, count"
+    " FROM origins WHERE account = ?"
+)
+_UPSERT_ORIGIN = (
+    "INSERT INTO origins (account, prefix, country, provider, as_org, first_seen, last_seen,"
+    " count) VALUES (?, ?, ?, ?, ?, ?, ?, 1)"
+    " ON CONFLICT (account, prefix, country, provider) DO UPDATE SET"
+    " last_seen = max(last_seen, excluded.last_seen), count = count + 1,"
+    " as_org = coalesce(excluded.as_org, as_org)"
+)
+_UPSERT_ACCOUNT = (
+    "INSERT INTO accounts (account, first_seen, last_seen, logins) VALUES (?, ?, ?, 1)"
+    " ON CONFLICT (account) DO UPDATE SET"
+    " last_seen = max(last_seen, excluded.last_seen), logins = logins + 1"
+)
+_COUNT_FAILURE = "UPDATE accounts SET failures = failures + 1, last_failure = ? WHERE account = ?"
+_INSERT_NOTICE = (
+    "INSERT INTO notices (id, account, created, reasons, payload) VALUES (?, ?, ?, ?, ?)"
+)
+_INSERT_DELIVERY = (
+    "INSERT INTO deliveries (notice_id, channel, status, next_attempt, deadline, created,"
+    " updated) VALUES (?, ?, 'queued', ?, ?, ?, ?)"
+)
+_CLAIM = (
+    "UPDATE deliveries SET status = 'sending', claimed_by = ?, lease_until = ?,"
+    " attempts = attempts + 1, updated = ?"
+    " WHERE (notice_id, channel) IN ("
+    "  SELECT notice_id, channel FROM deliveries"
+    "  WHERE status = 'queued' AND next_attempt <= ?"
+    "  UNION ALL"
+    "  SELECT notice_id, channel FROM deliveries"
+    "  WHERE status = 'sending' AND lease_until <= ?"
+    "  LIMIT ?)"
+    " RETURNING notice_id, channel, attempts, deadline"
+)
+_FINISH = {
+    "sent": (
+        "UPDATE deliveries SET status = 'sent', last_error = NULL, claimed_by = NULL,"
+        " lease_until = NULL, updated = ? WHERE notice_id = ? AND channel = ? AND claimed_by = ?"
+    ),
+    "queued": (
+        "UPDATE deliveries SET status = 'queued', last_error = ?, next_attempt = ?,"
+        " claimed_by = NULL, lease_until = NULL, updated = ?"
+        " WHERE notice_id = ? AND channel = ? AND claimed_by = ?"
+    ),
+    "dead": (
+        "UPDATE deliveries SET status = 'dead', last_error = ?, claimed_by = NULL,"
+        " lease_until = NULL, updated = ? WHERE notice_id = ? AND channel = ? AND claimed_by = ?"
+    ),
+}
+
+
+def _chunks(items: Sequence[str], size: int = _IN_CHUNK) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class SQLiteStore(Store):
+    """SQLite through aiosqlite, WAL journal, group commit through one writer task."""
+
+    def __init__(self, config: StorageConfig) -> None:
+        self._config = config
+        self._path = Path(config.path)
+        self._reader: aiosqlite.Connection | None = None
+        self._writer: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+        self._queue: asyncio.Queue[_Op] = asyncio.Queue()
+        self._writer_task: asyncio.Task[None] | None = None
+        #: login transactions committed, and logins they carried (group-commit efficiency)
+        self.commits = 0
+        self.committed_ops = 0
+
+    # -- connection life -------------------------------------------------------------------
+
+    async def _connect(self, *, read_only: bool) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(str(self._path), isolation_level=None)
+        await conn.execute(f"PRAGMA busy_timeout = {int(self._config.busy_timeout_ms)}")
+        if read_only:
+            await conn.execute("PRAGMA query_only = ON")
+        else:
+            await conn.execute("PRAGMA journal_mode = WAL")
+            # NORMAL in WAL mode survives a killed process; only an OS crash may lose the
+            # last commits, which is what "synchronous = full" is for.
+            await conn.execute(f"PRAGMA synchronous = {self._config.synchronous.upper()}")
+            await conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    async def open(self) -> None:
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = await self._connect(read_only=False)
+            await self._migrate(self._writer)
+            self._reader = await self._connect(read_only=True)
+        except (sqlite3.Error, OSError) as exc:
+            await self.close()
+            raise StoreError(f"cannot open SQLite store {self._path}: {exc}") from exc
+        self._writer_task = asyncio.create_task(self._write_loop(), name="sqlite-writer")
+
+    async def close(self) -> None:
+        if self._writer_task is not None:
+            # Let queued logins commit before the connection goes away.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._queue.join(), timeout=5)
+            self._writer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer_task
+            self._writer_task = None
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error, ValueError):
+                    await conn.close()
+        self._reader = self._writer = None
+        while not self._queue.empty():
+            op = self._queue.get_nowait()
+            if not op.future.done():
+                op.future.set_exception(StoreError("store closed"))
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied REAL)"
+        )
+        async with conn.execute("SELECT max(version) FROM schema_version") as cur:
+            row = await cur.fetchone()
+        current = row[0] if row and row[0] is not None else 0
+        for version, script in _migrations():
+            if version <= current:
+                continue
+            log.info("applying schema migration %04d to %s", version, self._path)
+            # executescript commits on its own, so the version row goes in the same script.
+            await conn.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\n"
+                f"INSERT INTO schema_version VALUES ({version}, {time.time()!r});\nCOMMIT;"
+            )
+
+    def _conn(self, conn: aiosqlite.Connection | None) -> aiosqlite.Connection:
+        if conn is None:
+            raise StoreError("store is not open")
+        return conn
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def history(self, account: str) -> History:
+        conn = self._conn(self._reader)
+        try:
+            async with conn.execute(_SELECT_ORIGINS, (account,)) as cur:
+                rows = await cur.fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"history read failed: {exc}") from exc
+        return History(account, tuple(_known(r) for r in rows))
+
+    async def outbox_counts(self) -> dict[str, int]:
+        conn = self._conn(self._reader)
+        async with conn.execute("SELECT status, count(*) FROM deliveries GROUP BY status") as cur:
+            return {row[0]: row[1] for row in await cur.fetchall()}
+
+    async def list_deliveries(
+        self, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        conn = self._conn(self._reader)
+        sql = (
+            "SELECT d.notice_id, d.channel, d.status, d.attempts, d.next_attempt,"
+            " d.last_error, n.account, n.created, n.reasons"
+            " FROM deliveries d JOIN notices n ON n.id = d.notice_id"
+        )
+        params: tuple[Any, ...] = ()
+        if status:
+            sql += " WHERE d.status = ?"
+            params = (status,)
+        sql += " ORDER BY n.created DESC LIMIT ?"
+        async with conn.execute(sql, (*params, limit)) as cur:
+            rows = await cur.fetchall()
+        keys = (
+            "id",
+            "channel",
+            "status",
+            "attempts",
+            "next_attempt",
+            "last_error",
+            "account",
+            "created",
+            "reasons",
+        )
+        return [
+            {**dict(zip(keys, row, strict=True)), "reasons": json.loads(row[8])} for row in rows
+        ]
+
+    # -- group-committed writes ------------------------------------------------------------
+
+    async def record_success(
+        self,
+        login: SuccessfulLogin,
+        decide: Decide,
+        channels: Sequence[str],
+        *,
+        touch_after: float,
+        deadline_s: float,
+    ) -> Outcome:
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._submit(_RecordOp(login, decide, channels, touch_after, deadline_s, future))
+        return await future
+
+    async def record_failure(self, account: str, at: float) -> None:
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._submit(_FailureOp(account, at, future))
+        await future
+
+    def _submit(self, op: _Op) -> None:
+        if self._writer_task is None or self._writer_task.done():
+            raise StoreError("store is not open")
+        self._queue.put_nowait(op)
+
+    async def _next_batch(self) -> list[_Op]:
+        batch = [await self._queue.get()]
+        limit = self._config.group_commit_max_batch
+        wait = self._config.group_commit_wait_ms / 1000
+        loop = asyncio.get_running_loop()
+        until = loop.time() + wait
+        while len(batch) < limit:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = until - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            try:
+                await self._commit_batch(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _commit_batch(self, batch: list[_Op]) -> None:
+        live = [op for op in batch if not op.future.done()]
+        if not live:
+            return
+        try:
+            async with self._write_lock:
+                results = await self._apply(live)
+        except (sqlite3.Error, StoreError, OSError, ValueError) as exc:
+            error = StoreError(f"write failed: {exc}")
+            for op in live:
+                if not op.future.done():
+                    op.future.set_exception(error)
+            return
+        for op, outcome in zip(live, results, strict=True):
+            if not op.future.done():
+                op.future.set_result(outcome)
+
+    async def _load_histories(
+        self, conn: aiosqlite.Connection, accounts: Sequence[str]
+    ) -> dict[str, list[KnownOrigin]]:
+        found: dict[str, list[KnownOrigin]] = {account: [] for account in accounts}
+        for chunk in _chunks(accounts):
+            marks = ",".join("?" * len(chunk))
+            sql = (
+                "SELECT account, prefix, country, provider, as_org, first_seen, last_seen, count"
+                f" FROM origins WHERE account IN ({marks})"
+            )
+            async with conn.execute(sql, tuple(chunk)) as cur:
+                for row in await cur.fetchall():
+                    found[row[0]].append(_known(row[1:]))
+        return found
+
+    async def _apply(self, batch: list[_Op]) -> list[Outcome]:
+        conn = self._conn(self._writer)
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            results = await self._apply_in_transaction(conn, batch)
+            await conn.execute("COMMIT")
+            self.commits += 1
+            self.committed_ops += len(batch)
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                await conn.execute("ROLLBACK")
+            raise
+        return results
+
+    async def _apply_in_transaction(
+        self, conn: aiosqlite.Connection, batch: list[_Op]
+    ) -> list[Outcome]:
+        accounts = sorted({op.login.account for op in batch if isinstance(op, _RecordOp)})
+        histories = await self._load_histories(conn, accounts)
+        origin_rows: list[tuple[Any, ...]] = []
+        account_rows: list[tuple[Any, ...]] = []
+        failure_rows: list[tuple[Any, ...]] = []
+        notice_rows: list[tuple[Any, ...]] = []
+        delivery_rows: list[tuple[Any, ...]] = []
+        results: list[Outcome] = []
+        for op in batch:
+            if isinstance(op, _FailureOp):
+                failure_rows.append((op.at, op.account))
+                results.append(Outcome(decision=KNOWN, wrote=True))
+                continue
+            login = op.login
+            known = histories[login.account]
+            history = History(login.account, tuple(known))
+            decision = op.decide(history, login.origin)
+            existing = history.find(login.origin)
+            if (
+                existing is not None
+                and not decision.unusual
+                and login.at - existing.last_seen < op.touch_after
+            ):
+                results.append(Outcome(decision=decision))
+                continue
+            origin = login.origin
+            origin_rows.append(
+                (
+                    login.account,
+                    origin.prefix,
+                    origin.country or "",
+                    origin.provider or "",
+                    origin.as_org,
+                    login.at,
+                    login.at,
+                )
+            )
+            account_rows.append((login.account, login.at, login.at))
+            _remember(known, existing, login)
+            notice_id: str | None = None
+            if decision.notify:
+                notice = Notice(
+                    id=str(uuid.uuid4()),
+                    account=login.account,
+                    login=login.login,
+                    reasons=decision.notify,
+                    protocol=login.protocol,
+                    remote=login.remote,
+                    time=datetime.fromtimestamp(login.at, UTC),
+                    country=origin.country,
+                    asn=origin.asn,
+                    as_org=origin.as_org,
+                    prefix=origin.prefix,
+                    history=tuple(origin_snapshot(k) for k in history.origins),
+                )
+                notice_id = notice.id
+                notice_rows.append(
+                    (
+                        notice.id,
+                        login.account,
+                        login.at,
+                        json.dumps([r.value for r in notice.reasons]),
+                        _notice_payload(notice),
+                    )
+                )
+                deadline = login.at + op.deadline_s
+                for channel in op.channels:
+                    delivery_rows.append(
+                        (notice.id, channel, login.at, deadline, login.at, login.at)
+                    )
+            results.append(Outcome(decision=decision, notice_id=notice_id, wrote=True))
+        for sql, rows in (
+            (_UPSERT_ORIGIN, origin_rows),
+            (_UPSERT_ACCOUNT, account_rows),
+            (_COUNT_FAILURE, failure_rows),
+            (_INSERT_NOTICE, notice_rows),
+            (_INSERT_DELIVERY, delivery_rows),
+        ):
+            if rows:
+                await conn.executemany(sql, rows)
+        return results
+
+    # -- the queue -------------------------------------------------------------------------
+
+    async def claim(self, owner: str, limit: int, now: float, lease_s: float) -> list[Delivery]:
+        conn = self._conn(self._writer)
+        async with self._write_lock:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                async with conn.execute(
+                    _CLAIM, (owner, now + lease_s, now, now, now, limit)
+                ) as cur:
+                    claimed = await cur.fetchall()
+                payloads: dict[str, str] = {}
+                ids = sorted({row[0] for row in claimed})
+                for chunk in _chunks(ids):
+                    marks = ",".join("?" * len(chunk))
+                    async with conn.execute(
+                        f"SELECT id, payload FROM notices WHERE id IN ({marks})", tuple(chunk)
+                    ) as cur:
+                        payloads.update({row[0]: row[1] for row in await cur.fetchall()})
+                await conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await conn.execute("ROLLBACK")
+                raise
+        return [
+            Delivery(
+                notice=_notice_from_payload(payloads[row[0]]),
+                channel=row[1],
+                attempts=row[2],
+                deadline=row[3],
+            )
+            for row in claimed
+        ]
+
+    async def finish(self, owner: str, results: Sequence[DeliveryResult], now: float) -> None:
+        if not results:
+            return
+        conn = self._conn(self._writer)
+        grouped: dict[str, list[tuple[Any, ...]]] = {"sent": [], "queued": [], "dead": []}
+        for r in results:
+            if r.status == "sent":
+                grouped["sent"].append((now, r.notice_id, r.channel, owner))
+            elif r.status == "queued":
+                grouped["queued"].append(
+                    (r.error, r.next_attempt, now, r.notice_id, r.channel, owner)
+                )
+            elif r.status == "dead":
+                grouped["dead"].append((r.error, now, r.notice_id, r.channel, owner))
+            else:
+                raise ValueError(f"unknown delivery status {r.status!r}")
+        async with self._write_lock:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                for status, rows in grouped.items():
+                    if rows:
+                        await conn.executemany(_FINISH[status], rows)
+                await conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await conn.execute("ROLLBACK")
+                raise
+
+
+def _remember(
+    known: list[KnownOrigin], existing: KnownOrigin | None, login: SuccessfulLogin
+) -> None:
+    """Apply a recorded login to the batch's in-memory history, for later logins of the batch."""
+    origin = login.origin
+    if existing is not None:
+        known.remove(existing)
+        known.append(
+            KnownOrigin(
+                prefix=existing.prefix,
+                country=existing.country,
+                provider=existing.provider,
+                as_org=origin.as_org or existing.as_org,
+                first_seen=existing.first_seen,
+                last_seen=max(existing.last_seen, login.at),
+                count=existing.count + 1,
+            )
+        )
+    else:
+        known.append(
+            KnownOrigin(
+                prefix=origin.prefix,
+                country=origin.country,
+                provider=origin.provider,
+                as_org=origin.as_org,
+                first_seen=login.at,
+                last_seen=login.at,
+                count=1,
+            )
+        )

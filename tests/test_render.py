@@ -1,0 +1,200 @@
+"""Rendering notices: the SMS layout in Japanese and English, time zones, override dirs."""
+
+# Japanese text uses full-width punctuation on purpose.
+# ruff: noqa: RUF001
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from policy_server.config import MessageConfig
+from policy_server.model import Notice, Reason
+from policy_server.notify.render import Renderer, TemplateError, protocol_labels
+
+HELP_URL = "https://mail.example.jp/help/password"
+
+
+@pytest.fixture
+def notice() -> Notice:
+    return Notice(
+        id="n-1",
+        account="taro@example.jp",
+        login="taro@example.jp",
+        reasons=(Reason.NEW_COUNTRY,),
+        protocol="imap",
+        remote="203.0.113.7",
+        time=datetime(2020, 3, 10, 20, 12, 44, tzinfo=UTC),
+        country="JP",
+        asn=64500,
+        as_org="Example Networks",
+        prefix="203.0.113.0/24",
+    )
+
+
+def config(**overrides: str) -> MessageConfig:
+    return MessageConfig(service_name="Example Mail", help_url=HELP_URL, **overrides)
+
+
+def write_template(root: Path, language: str, text: str) -> None:
+    (root / language).mkdir(parents=True, exist_ok=True)
+    (root / language / "notice.txt").write_text(text, encoding="utf-8")
+
+
+def test_japanese_notice(notice: Notice) -> None:
+    text = Renderer(config(language="ja")).render(notice)
+    assert text.startswith("【Example Mailへのアクセスのお知らせ】\n")
+    assert "Example Mail（IMAP）" in text
+    assert "2020/03/11 05:12:44（日本時間）" in text
+    assert "■国・地域（推定）\n日本\n" in text
+    assert f"変更方法：{HELP_URL}\n" in text
+    assert text.endswith("\n")
+
+
+def test_english_notice(notice: Notice) -> None:
+    text = Renderer(config(language="ja")).render(notice, "en")
+    assert text.startswith("【Access to Example Mail】\n")
+    assert "Example Mail (IMAP)" in text
+    assert "2020/03/11 05:12:44 (Japan Time)" in text
+    assert "■ Country/region (estimated)\nJapan\n" in text
+    assert f"How to change it: {HELP_URL}\n" in text
+
+
+def test_unknown_country_is_said_plainly(notice: Notice) -> None:
+    unknown = replace(notice, country=None, asn=None, as_org=None)
+    renderer = Renderer(config())
+    assert "■国・地域（推定）\n不明\n" in renderer.render(unknown, "ja")
+    assert "■ Country/region (estimated)\nUnknown\n" in renderer.render(unknown, "en")
+
+
+def test_country_code_babel_does_not_know_is_unknown(notice: Notice) -> None:
+    text = Renderer(config()).render(replace(notice, country="XX"), "en")
+    assert "(estimated)\nUnknown\n" in text
+
+
+@pytest.mark.parametrize(
+    ("protocol", "label"),
+    [
+        ("submission", "SMTP"),
+        ("smtp", "SMTP"),
+        ("sieve", "ManageSieve"),
+        ("pop3", "POP3"),
+        ("lmtp", "LMTP"),
+        ("doveadm", "DOVEADM"),
+    ],
+)
+def test_protocol_labels(notice: Notice, protocol: str, label: str) -> None:
+    text = Renderer(config()).render(replace(notice, protocol=protocol), "en")
+    assert f"Example Mail ({label})" in text
+
+
+def test_several_protocols_are_joined_once_each() -> None:
+    assert protocol_labels(["smtp", "imap", "submission"]) == "SMTP/IMAP"
+
+
+def test_time_zone_setting_changes_time_and_label(notice: Notice) -> None:
+    text = Renderer(config(timezone="Europe/Berlin")).render(notice, "en")
+    assert "2020/03/10 21:12:44 (Germany (Berlin) Time)" in text
+    assert "05:12:44" not in text
+
+
+@pytest.mark.parametrize(
+    ("zone", "language", "expected"),
+    [
+        ("UTC", "en", "2020/03/10 20:12:44 (Coordinated Universal Time)"),
+        ("UTC", "ja", "2020/03/10 20:12:44（協定世界時）"),
+        ("Etc/GMT-9", "en", "2020/03/11 05:12:44 (GMT+09:00)"),
+        ("Japan", "en", "2020/03/11 05:12:44 (Japan Time)"),
+    ],
+)
+def test_zones_without_a_place_are_named_not_unknown(
+    notice: Notice, zone: str, language: str, expected: str
+) -> None:
+    text = Renderer(config(timezone=zone)).render(notice, language)
+    assert expected in text
+    assert "Unknown Region" not in text
+    assert "不明な地域" not in text
+
+
+def test_language_fallback(notice: Notice) -> None:
+    renderer = Renderer(config(language="ja"))
+    assert renderer.render(notice, "en-US").startswith("【Access to")
+    assert renderer.render(notice, "fr").startswith("【Example Mailへの")
+    assert renderer.render(notice, None).startswith("【Example Mailへの")
+    assert Renderer(config(language="en")).render(notice, "fr").startswith("【Access to")
+
+
+def test_shipped_templates_pass_check() -> None:
+    renderer = Renderer(config())
+    assert renderer.languages == ["en", "ja"]
+    assert renderer.check() == []
+
+
+def test_override_dir_adds_a_language(tmp_path: Path, notice: Notice) -> None:
+    write_template(
+        tmp_path,
+        "de",
+        "Zugriff auf {{ service_name }} ({{ protocols }})\n"
+        "{{ time }} ({{ tz_label }})\n"
+        "Land: {{ country_name or 'unbekannt' }}\n",
+    )
+    renderer = Renderer(config(templates_dir=str(tmp_path)))
+    assert renderer.languages == ["de", "en", "ja"]
+    assert renderer.check() == []
+    text = renderer.render(replace(notice, country="DE"), "de")
+    assert text == (
+        "Zugriff auf Example Mail (IMAP)\n"
+        "2020/03/11 05:12:44 (Japan (Ortszeit))\n"
+        "Land: Deutschland\n"
+    )
+    # the shipped languages stay available beside the added one
+    assert renderer.render(notice, "en").startswith("【Access to")
+
+
+def test_override_dir_replaces_a_shipped_language(tmp_path: Path, notice: Notice) -> None:
+    write_template(tmp_path, "en", "{{ login }} from {{ country }} ({{ reasons|join(',') }})\n")
+    text = Renderer(config(templates_dir=str(tmp_path))).render(notice, "en")
+    assert text == "taro@example.jp from JP (new_country)\n"
+
+
+def test_undefined_variable_in_override_is_refused_at_construction(tmp_path: Path) -> None:
+    write_template(tmp_path, "en", "Hello {{ customer_name }}\n")
+    with pytest.raises(TemplateError) as info:
+        Renderer(config(templates_dir=str(tmp_path)))
+    assert "customer_name" in str(info.value)
+    assert str(tmp_path / "en" / "notice.txt") in str(info.value)
+
+
+def test_undefined_variable_in_untaken_branch_is_found(tmp_path: Path) -> None:
+    write_template(tmp_path, "en", "{% if asn == 1 %}{{ asn_name }}{% endif %}ok\n")
+    with pytest.raises(TemplateError, match="asn_name"):
+        Renderer(config(templates_dir=str(tmp_path)))
+
+
+def test_undefined_attribute_is_found_by_trial_render(tmp_path: Path) -> None:
+    write_template(tmp_path, "en", "{{ login.domain }}\n")
+    with pytest.raises(TemplateError, match="domain"):
+        Renderer(config(templates_dir=str(tmp_path)))
+
+
+def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    write_template(tmp_path, "ja", "ok\n{% if country %}\nno endif\n")
+    with pytest.raises(TemplateError) as info:
+        Renderer(config(templates_dir=str(tmp_path)))
+    assert "ja/notice.txt" in str(info.value)
+    assert "syntax error" in str(info.value)
+
+
+def test_missing_templates_dir(tmp_path: Path) -> None:
+    with pytest.raises(TemplateError, match="not a directory"):
+        Renderer(config(templates_dir=str(tmp_path / "absent")))
+
+
+def test_configured_language_without_template(tmp_path: Path) -> None:
+    with pytest.raises(TemplateError, match="'fr'"):
+        Renderer(config(language="fr"))
+    write_template(tmp_path, "fr", "Accès à {{ service_name }}\n")
+    assert Renderer(config(language="fr", templates_dir=str(tmp_path))).default_language == "fr"
