@@ -58,13 +58,14 @@ async def _channels_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    worker = Worker(app[keys.STORE], app[keys.CHANNELS], app[keys.RENDERER], config.queue)
+    channels: dict[str, Channel] = app[keys.CHANNELS]
+    worker = Worker(app[keys.STORE], channels, app[keys.RENDERER], config.queue)
     app[keys.WORKER] = worker
     app[keys.RECORDER] = LoginRecorder(
         config,
         app[keys.STORE],
         lambda: app[keys.RESOLVER],
-        list(app[keys.CHANNELS]),
+        list(channels),
         on_notice=worker.wake,
     )
     task = asyncio.create_task(worker.run(), name="delivery-worker")

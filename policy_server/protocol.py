@@ -96,11 +96,13 @@ def _string(data: dict[str, Any], key: str, *, required: bool) -> str:
 
 def _flag(data: dict[str, Any], key: str) -> bool | None:
     value = data.get(key)
-    if value is None or isinstance(value, bool):
+    if value is None:
+        return None
+    if isinstance(value, bool):
         return value
     # Dovecot appends these as JSON booleans; accept the string forms an admin might template.
     if value in ("true", "false"):
-        return value == "true"
+        return str(value) == "true"
     raise ProtocolError("wrong_type", f"{key!r} must be a boolean, got {_json_type(value)}")
 
 

@@ -35,7 +35,7 @@ def backoff(attempts: int, config: QueueConfig, rng: random.Random) -> float:
 
     The jitter keeps notices that failed together from retrying together.
     """
-    ceiling = min(config.backoff_max_s, config.backoff_base_s * 2 ** max(attempts - 1, 0))
+    ceiling = min(config.backoff_max_s, config.backoff_base_s * 2.0 ** max(attempts - 1, 0))
     return ceiling * rng.uniform(0.5, 1.0)
 
 

@@ -95,9 +95,7 @@ class Sink:
         while len(self.received) < count:
             remaining = until - loop.time()
             if remaining <= 0:
-                raise AssertionError(
-                    f"sink got {len(self.received)} deliveries, expected {count}"
-                )
+                raise AssertionError(f"sink got {len(self.received)} deliveries, expected {count}")
             self.arrived.clear()
             try:
                 await asyncio.wait_for(self.arrived.wait(), remaining)

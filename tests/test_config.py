@@ -89,7 +89,9 @@ def test_errors_name_the_key_path() -> None:
 
 def test_duplicate_channel_names_are_refused() -> None:
     with pytest.raises(ConfigError) as err:
-        config_from_mapping({"channels": [{"type": "log", "name": "a"}, {"type": "log", "name": "a"}]})
+        config_from_mapping(
+            {"channels": [{"type": "log", "name": "a"}, {"type": "log", "name": "a"}]}
+        )
     assert "duplicate channel name" in str(err.value)
 
 

@@ -12,7 +12,9 @@ from policy_server.policy import decide
 POLICY = PolicyConfig()
 
 
-def origin(prefix: str = "203.0.113.0/24", country: str | None = "JP", asn: int | None = 64500) -> Origin:
+def origin(
+    prefix: str = "203.0.113.0/24", country: str | None = "JP", asn: int | None = 64500
+) -> Origin:
     return Origin(
         address=prefix.split("/")[0],
         address_class=AddressClass.GLOBAL,
@@ -91,7 +93,9 @@ def test_notify_switches() -> None:
     d = decide(History("alice"), origin(), only_country)
     assert d.reasons == (Reason.FIRST_USE,)
     assert d.notify == ()
-    d = decide(history(origin()), origin(prefix="192.0.2.0/24", country="DE", asn=64520), only_country)
+    d = decide(
+        history(origin()), origin(prefix="192.0.2.0/24", country="DE", asn=64520), only_country
+    )
     assert d.notify == (Reason.NEW_COUNTRY,)
 
 

@@ -21,7 +21,9 @@ from policy_server.store.sqlite import SQLiteStore
 POLICY = PolicyConfig()
 
 
-def origin(prefix: str = "203.0.113.0/24", country: str | None = "JP", asn: int | None = 64500) -> Origin:
+def origin(
+    prefix: str = "203.0.113.0/24", country: str | None = "JP", asn: int | None = 64500
+) -> Origin:
     return Origin(prefix.split("/")[0], AddressClass.GLOBAL, prefix, country, asn, None)
 
 
@@ -174,7 +176,9 @@ async def test_expired_lease_returns_claim_and_stale_owner_cannot_finish(store: 
     assert [d.notice.id for d in taken] == [first[0].notice.id]
     assert taken[0].attempts == 2
     # the first owner's late result does not overwrite the new owner's claim
-    await store.finish("dead-worker", [DeliveryResult(first[0].notice.id, "hook", "dead", "x")], 2032.0)
+    await store.finish(
+        "dead-worker", [DeliveryResult(first[0].notice.id, "hook", "dead", "x")], 2032.0
+    )
     assert await store.outbox_counts() == {"sending": 1}
     await store.finish("w2", [DeliveryResult(first[0].notice.id, "hook", "sent")], 2033.0)
     assert await store.outbox_counts() == {"sent": 1}
@@ -231,7 +235,11 @@ async def test_write_error_is_reported_to_the_caller(tmp_path: Path) -> None:
 def test_replaying_the_same_logins_queues_no_more_notices(
     tmp_path_factory: pytest.TempPathFactory, logins: list[tuple[str, str]]
 ) -> None:
-    geo = {"203.0.113.0/24": ("JP", 64500), "198.51.100.0/24": ("US", 64510), "192.0.2.0/24": ("DE", 64520)}
+    geo = {
+        "203.0.113.0/24": ("JP", 64500),
+        "198.51.100.0/24": ("US", 64510),
+        "192.0.2.0/24": ("DE", 64520),
+    }
 
     async def run() -> tuple[int, int]:
         path = tmp_path_factory.mktemp("replay") / "p.sqlite3"

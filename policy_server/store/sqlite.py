@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import aiosqlite
 
@@ -147,6 +148,10 @@ _CLAIM = (
     "  LIMIT ?)"
     " RETURNING notice_id, channel, attempts, deadline"
 )
+_ANY_DUE = (
+    "SELECT 1 FROM deliveries WHERE status = 'queued' AND next_attempt <= ?"
+    " UNION ALL SELECT 1 FROM deliveries WHERE status = 'sending' AND lease_until <= ? LIMIT 1"
+)
 _FINISH = {
     "sent": (
         "UPDATE deliveries SET status = 'sent', last_error = NULL, claimed_by = NULL,"
@@ -162,6 +167,26 @@ _FINISH = {
         " lease_until = NULL, updated = ? WHERE notice_id = ? AND channel = ? AND claimed_by = ?"
     ),
 }
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _store_errors(
+    method: Callable[_P, Coroutine[Any, Any, _R]],
+) -> Callable[_P, Coroutine[Any, Any, _R]]:
+    """Report every database failure as StoreError, whatever the driver raised."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await method(*args, **kwargs)
+        except (sqlite3.Error, ValueError) as exc:
+            # aiosqlite raises ValueError for a closed connection
+            raise StoreError(f"{method.__name__}: {exc}") from exc
+
+    return wrapper
 
 
 def _chunks(items: Sequence[str], size: int = _IN_CHUNK) -> Iterable[Sequence[str]]:
@@ -253,20 +278,19 @@ class SQLiteStore(Store):
 
     # -- reads -----------------------------------------------------------------------------
 
+    @_store_errors
     async def history(self, account: str) -> History:
-        conn = self._conn(self._reader)
-        try:
-            async with conn.execute(_SELECT_ORIGINS, (account,)) as cur:
-                rows = await cur.fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"history read failed: {exc}") from exc
+        async with self._conn(self._reader).execute(_SELECT_ORIGINS, (account,)) as cur:
+            rows = await cur.fetchall()
         return History(account, tuple(_known(r) for r in rows))
 
+    @_store_errors
     async def outbox_counts(self) -> dict[str, int]:
         conn = self._conn(self._reader)
         async with conn.execute("SELECT status, count(*) FROM deliveries GROUP BY status") as cur:
             return {row[0]: row[1] for row in await cur.fetchall()}
 
+    @_store_errors
     async def list_deliveries(
         self, status: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
@@ -484,7 +508,13 @@ class SQLiteStore(Store):
 
     # -- the queue -------------------------------------------------------------------------
 
+    @_store_errors
     async def claim(self, owner: str, limit: int, now: float, lease_s: float) -> list[Delivery]:
+        # An idle queue is the common case: look with a read before taking the write lock, so
+        # polling never competes with the logins' commits.
+        async with self._conn(self._reader).execute(_ANY_DUE, (now, now)) as cur:
+            if await cur.fetchone() is None:
+                return []
         conn = self._conn(self._writer)
         async with self._write_lock:
             await conn.execute("BEGIN IMMEDIATE")
@@ -516,6 +546,7 @@ class SQLiteStore(Store):
             for row in claimed
         ]
 
+    @_store_errors
     async def finish(self, owner: str, results: Sequence[DeliveryResult], now: float) -> None:
         if not results:
             return

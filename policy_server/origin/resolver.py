@@ -1,0 +1,111 @@
+"""IP address -> Origin, through the configured lookup backends.
+
+Country comes from a GeoIP2/GeoLite2 Country or City database, the provider from a pyasn file or
+a GeoLite2-ASN database. With nothing configured for a part, the bundled dataset of the
+``geoip2fast`` package serves it (GeoLite2-derived country and AS organisation names). A
+configured file that cannot be opened is logged once and that part resolves to unknown: the
+admin asked for that file, and unknown is the honest answer, not silently other data.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..config import GeoipConfig
+from ..logs import RateLimitedLog
+from ..model import Origin
+from .address import classify, network_prefix, parse_address
+from .backends import (
+    AsnLookup,
+    BundledData,
+    CountryLookup,
+    LookupError_,
+    open_asn_file,
+    open_country_file,
+)
+
+log = logging.getLogger("policy_server.origin")
+
+
+class OriginResolver:
+    """Resolves client addresses; cheap per call (in-memory readers, no I/O per lookup)."""
+
+    def __init__(
+        self,
+        config: GeoipConfig,
+        country: CountryLookup | None,
+        asn: AsnLookup | None,
+    ) -> None:
+        self._config = config
+        self._country = country
+        self._asn = asn
+        self._errors = RateLimitedLog(log)
+
+    @classmethod
+    def from_config(cls, config: GeoipConfig) -> OriginResolver:
+        """Open what the config names; never raises for missing or broken files."""
+        country: CountryLookup | None = None
+        asn: AsnLookup | None = None
+        if config.country_db:
+            country = _open_or_warn("country_db", config.country_db, open_country_file)
+        if config.asn_db:
+            asn = _open_or_warn(
+                "asn_db",
+                config.asn_db,
+                lambda path: open_asn_file(path, config.asn_names or None),
+            )
+        if config.bundled and (not config.country_db or not config.asn_db):
+            bundled = BundledData.shared()
+            if not config.country_db:
+                country = bundled
+            if not config.asn_db:
+                asn = bundled
+        return cls(config, country, asn)
+
+    def resolve(self, text: str) -> Origin:
+        """The origin of a client address; raises AddressError for text that is no address."""
+        address = parse_address(text)
+        country: str | None = None
+        asn: int | None = None
+        as_org: str | None = None
+        # Every class is looked up: real data has no entry for private ranges, but an admin's
+        # own database may map them.
+        if self._country is not None:
+            try:
+                country = self._country.country(address)
+            except LookupError_ as exc:
+                self._errors.log(logging.WARNING, "country", "country lookup failed: %s", exc)
+        if self._asn is not None:
+            try:
+                asn, as_org = self._asn.asn(address)
+            except LookupError_ as exc:
+                self._errors.log(logging.WARNING, "asn", "ASN lookup failed: %s", exc)
+        return Origin(
+            address=str(address),
+            address_class=classify(address),
+            prefix=network_prefix(address, self._config.ipv4_prefix, self._config.ipv6_prefix),
+            country=country,
+            asn=asn,
+            as_org=as_org,
+        )
+
+    def describe(self) -> dict[str, str]:
+        """What serves each part, for the start-up log and ``policy-server lookup``."""
+        return {
+            "country": self._country.describe() if self._country else "none (unknown)",
+            "asn": self._asn.describe() if self._asn else "none (unknown)",
+        }
+
+    def close(self) -> None:
+        for part in (self._country, self._asn):
+            if part is not None:
+                part.close()
+
+
+def _open_or_warn(key: str, path: str, opener: Any) -> Any:
+    try:
+        return opener(path)
+    except Exception as exc:  # any unreadable file: warn and carry on with unknowns
+        log.warning("geoip.%s: cannot use %s (%s); those origins will be unknown", key, path, exc)
+        return None
