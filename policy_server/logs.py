@@ -43,3 +43,5 @@ def setup_logging(level: str = "info") -> None:
     root.setLevel(level.upper())
     # The access log would write a line per Dovecot request; off unless asked for.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aiosqlite logs every statement at debug level: far too much even for debugging.
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)

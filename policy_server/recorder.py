@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 
@@ -11,6 +12,8 @@ from .model import LoginEvent, Origin
 from .origin.resolver import OriginResolver
 from .policy import KNOWN, decide
 from .store.base import Decide, Outcome, Store, SuccessfulLogin
+
+log = logging.getLogger("policy_server.recorder")
 
 
 class LoginRecorder:
@@ -43,6 +46,13 @@ class LoginRecorder:
     async def report(self, event: LoginEvent, at: float | None = None) -> Outcome:
         at = time.time() if at is None else at
         account = normalize_login(event.login, self._config.accounts)
+        log.debug(
+            "report %s success=%s for %s from %s",
+            event.protocol,
+            event.success,
+            account,
+            event.remote,
+        )
         if not event.success:
             await self._store.record_failure(account, at)
             return Outcome(decision=KNOWN, wrote=True)

@@ -1,0 +1,116 @@
+"""End-to-end fixtures: a real Dovecot, the service, and a webhook sink, per test session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent))
+
+from harness import Dovecot, PolicyService, WebhookSink, example_policy_settings  # noqa: E402
+
+REQUIRED = os.environ.get("POLICY_SERVER_REQUIRE_DOVECOT") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    missing = [name for name in ("dovecot", "doveadm") if shutil.which(name) is None]
+    here = Path(__file__).parent
+    for item in items:
+        if here not in Path(str(item.fspath)).parents:
+            continue
+        item.add_marker(pytest.mark.e2e)
+        if missing and not REQUIRED:
+            item.add_marker(
+                pytest.mark.skip(
+                    reason=f"{', '.join(missing)} not installed (Debian: dovecot-imapd "
+                    "dovecot-pop3d dovecot-submissiond); set POLICY_SERVER_REQUIRE_DOVECOT=1 "
+                    "to make this a failure"
+                )
+            )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _dovecot_present() -> None:
+    missing = [name for name in ("dovecot", "doveadm") if shutil.which(name) is None]
+    if missing and REQUIRED:
+        pytest.fail(f"POLICY_SERVER_REQUIRE_DOVECOT=1 but {', '.join(missing)} not installed")
+
+
+@dataclass
+class World:
+    """One Dovecot talking to one policy-server that delivers to one sink."""
+
+    dovecot: Dovecot
+    service: PolicyService
+    sink: WebhookSink
+
+
+def _geo(directory: Path) -> dict[str, Path]:
+    from geodata import write_standard_geodata
+
+    return write_standard_geodata(directory)
+
+
+@pytest.fixture(scope="session")
+def e2e_dir() -> Iterator[Path]:
+    # Dovecot's unprivileged processes must reach their files: pytest's own temporary
+    # directories are private to root, so use one they can traverse.
+    directory = Path(tempfile.mkdtemp(prefix="policy-server-e2e-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def geo(e2e_dir: Path) -> dict[str, Path]:
+    return _geo(e2e_dir / "geo")
+
+
+def start_world(
+    directory: Path,
+    geo: dict[str, Path],
+    *,
+    api_header: str = "",
+    dovecot_header: str = "",
+    **policy: str,
+) -> World:
+    directory.mkdir(parents=True, exist_ok=True)
+    sink = WebhookSink()
+    sink.start()
+    service = PolicyService(directory, geo, sink.url, api_header=api_header)
+    service.start()
+    settings = example_policy_settings()
+    settings["auth_policy_server_url"] = service.url
+    if dovecot_header:
+        settings["auth_policy_server_api_header"] = dovecot_header
+    settings.update(policy)
+    dovecot = Dovecot(directory / "dovecot", settings)
+    try:
+        dovecot.start()
+    except BaseException:
+        service.stop()
+        sink.stop()
+        raise
+    return World(dovecot, service, sink)
+
+
+def stop_world(world: World) -> None:
+    world.dovecot.stop()
+    world.service.stop()
+    world.sink.stop()
+
+
+@pytest.fixture(scope="session")
+def world(e2e_dir: Path, geo: dict[str, Path]) -> Iterator[World]:
+    """The example configuration as shipped (report only)."""
+    w = start_world(e2e_dir / "main", geo)
+    yield w
+    stop_world(w)
