@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from conftest import Sink
+from support import Sink
 
 from policy_server import keys
 from policy_server.app import create_app

@@ -12,8 +12,8 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from conftest import Sink
 from standardwebhooks.webhooks import Webhook
+from support import Sink
 
 from policy_server import keys
 from policy_server.app import create_app

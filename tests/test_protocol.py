@@ -7,9 +7,9 @@ import json
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import captures
 from hypothesis import given
 from hypothesis import strategies as st
+from support import captures
 
 from policy_server.model import Command
 from policy_server.protocol import ProtocolError, parse_request

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import Sink, free_port
+from support import Sink, free_port
 
 pytestmark = pytest.mark.slow
 

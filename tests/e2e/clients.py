@@ -38,7 +38,7 @@ def imap_login(port: int, user: str, password: str, address: str | None) -> bool
 def pop3_login(port: int, user: str, password: str, address: str) -> bool:
     client = poplib.POP3("127.0.0.1", port, timeout=10)
     try:
-        reply = client._shortcmd(f"XCLIENT ADDR={address}")  # noqa: SLF001 - raw command
+        reply = client._shortcmd(f"XCLIENT ADDR={address}")
         assert reply.startswith(b"+OK"), reply
         client.user(user)
         try:

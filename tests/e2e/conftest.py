@@ -7,7 +7,6 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from harness import Dovecot, PolicyService, WebhookSink, example_policy_settings  # noqa: E402
+from world import World, start_world, stop_world
 
 REQUIRED = os.environ.get("POLICY_SERVER_REQUIRE_DOVECOT") == "1"
 
@@ -44,15 +43,6 @@ def _dovecot_present() -> None:
         pytest.fail(f"POLICY_SERVER_REQUIRE_DOVECOT=1 but {', '.join(missing)} not installed")
 
 
-@dataclass
-class World:
-    """One Dovecot talking to one policy-server that delivers to one sink."""
-
-    dovecot: Dovecot
-    service: PolicyService
-    sink: WebhookSink
-
-
 def _geo(directory: Path) -> dict[str, Path]:
     from geodata import write_standard_geodata
 
@@ -72,40 +62,6 @@ def e2e_dir() -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def geo(e2e_dir: Path) -> dict[str, Path]:
     return _geo(e2e_dir / "geo")
-
-
-def start_world(
-    directory: Path,
-    geo: dict[str, Path],
-    *,
-    api_header: str = "",
-    dovecot_header: str = "",
-    **policy: str,
-) -> World:
-    directory.mkdir(parents=True, exist_ok=True)
-    sink = WebhookSink()
-    sink.start()
-    service = PolicyService(directory, geo, sink.url, api_header=api_header)
-    service.start()
-    settings = example_policy_settings()
-    settings["auth_policy_server_url"] = service.url
-    if dovecot_header:
-        settings["auth_policy_server_api_header"] = dovecot_header
-    settings.update(policy)
-    dovecot = Dovecot(directory / "dovecot", settings)
-    try:
-        dovecot.start()
-    except BaseException:
-        service.stop()
-        sink.stop()
-        raise
-    return World(dovecot, service, sink)
-
-
-def stop_world(world: World) -> None:
-    world.dovecot.stop()
-    world.service.stop()
-    world.sink.stop()
 
 
 @pytest.fixture(scope="session")

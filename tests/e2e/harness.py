@@ -202,7 +202,7 @@ url = "{sink_url}"
             self.url + "?command=allow", data=body.encode(), method="POST"
         )
         try:
-            with urllib.request.urlopen(request, timeout=1) as resp:  # noqa: S310 - loopback URL
+            with urllib.request.urlopen(request, timeout=1) as resp:
                 return bool(resp.status == 200)
         except OSError as exc:
             # 401 means it is up but wants the api header; that is ready too
@@ -241,7 +241,7 @@ url = "{sink_url}"
 class Dovecot:
     """A private Dovecot instance (``dovecot -F -c``) with passwd-file users."""
 
-    USERS = tuple(f"user{i}" for i in range(1, 41)) + ("alice", "bob", "carol")
+    USERS = (*tuple(f"user{i}" for i in range(1, 41)), "alice", "bob", "carol")
 
     def __init__(self, directory: Path, policy: dict[str, str]) -> None:
         self.directory = directory

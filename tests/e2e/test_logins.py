@@ -9,8 +9,8 @@ from clients import (
     postfix_sasl_auth,
     submission_login,
 )
-from conftest import World
 from harness import wait_until
+from world import World
 
 
 def login_recorded(world: World, user: str, before: int) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from clients import imap_login
-from conftest import World, start_world, stop_world
 from harness import wait_until
+from world import World, start_world, stop_world
 
 # Dovecot sends allow before and after the password check only when asked; turn both on here so
 # that logins really wait on the service.
