@@ -7,6 +7,7 @@ by process id.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
@@ -138,7 +139,9 @@ class PolicyService:
         self.directory = directory
         self.port = free_port()
         self.db = directory / "policy.sqlite3"
-        self.log_path = directory / "policy-server.log"
+        # stderr carries the service's log lines; stdout is kept apart so tests can tell them apart
+        self.log_path = directory / "policy-server.stderr"
+        self.stdout_path = directory / "policy-server.stdout"
         self.config = directory / "policy.toml"
         self.config.write_text(
             f"""
@@ -146,6 +149,7 @@ class PolicyService:
 listen = "127.0.0.1:{self.port}"
 api_header = "{api_header}"
 request_budget_ms = 500
+access_log = true
 [geoip]
 country_db = "{geo["country_mmdb"]}"
 asn_db = "{geo["asn_mmdb"]}"
@@ -174,7 +178,7 @@ url = "{sink_url}"
         return f"http://127.0.0.1:{self.port}/"
 
     def start(self) -> None:
-        with self.log_path.open("ab") as log:
+        with self.log_path.open("ab") as log, self.stdout_path.open("ab") as out:
             self.proc = subprocess.Popen(
                 [
                     sys.executable,
@@ -186,7 +190,7 @@ url = "{sink_url}"
                     "--log-level",
                     "debug",
                 ],
-                stdout=log,
+                stdout=out,
                 stderr=log,
             )
         wait_until(self.ready, 30, "policy-server to answer")
@@ -220,7 +224,16 @@ url = "{sink_url}"
         os.kill(self.proc.pid, signal.SIGCONT)
 
     def log(self) -> str:
+        """Everything the service wrote to stderr so far (its log)."""
         return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def dovecot_requests(self, command: str) -> int:
+        """How many ``command`` requests from Dovecot's HTTP client the access log shows."""
+        return sum(
+            1
+            for line in self.log().splitlines()
+            if f"POST /?command={command} " in line and "dovecot/auth-policy-client" in line
+        )
 
     def query(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
         with sqlite3.connect(self.db, timeout=5) as conn:
@@ -331,13 +344,13 @@ service submission-login {{
                 stderr=out,
             )
         for port in (self.imap_port, self.pop3_port, self.submission_port):
-            wait_until(lambda p=port: self._alive() and port_open(p), 20, f"Dovecot on port {port}")
+            wait_until(functools.partial(self._listening, port), 20, f"Dovecot on port {port}")
 
-    def _alive(self) -> bool:
+    def _listening(self, port: int) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"Dovecot exited: {self.log()}")
-        return True
+        return port_open(port)
 
     def stop(self) -> None:
         stop_process(self.proc)
