@@ -59,7 +59,7 @@ async def _channels_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     channels: dict[str, Channel] = app[keys.CHANNELS]
-    worker = Worker(app[keys.STORE], channels, app[keys.RENDERER], config.queue)
+    worker = Worker(app[keys.STORE], channels, app[keys.RENDERER], config)
     app[keys.WORKER] = worker
     app[keys.RECORDER] = LoginRecorder(
         config,

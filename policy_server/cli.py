@@ -7,8 +7,9 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError, load_config
@@ -63,6 +64,25 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def channel_problems(config: Config) -> list[str]:
+    """What would stop a configured channel from working, found without sending anything."""
+    import shutil
+
+    from .config import CommandChannelConfig
+    from .notify.channels import build_channel
+
+    problems: list[str] = []
+    for index, channel in enumerate(config.channels):
+        where = f"channels[{index}] ({channel.name})"
+        try:
+            build_channel(channel)
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}")
+        if isinstance(channel, CommandChannelConfig) and shutil.which(channel.command[0]) is None:
+            problems.append(f"{where}: command {channel.command[0]!r} not found or not executable")
+    return problems
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from .notify.render import Renderer, TemplateError
 
@@ -74,6 +94,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         problems.extend(Renderer(config.message).check())
     except TemplateError as exc:
         problems.append(f"message: {exc}")
+    problems.extend(channel_problems(config))
     for key in ("country_db", "asn_db", "asn_names"):
         value = getattr(config.geoip, key)
         if value and not Path(value).is_file():
@@ -123,29 +144,61 @@ def _cmd_lookup(args: argparse.Namespace) -> int:
     return status
 
 
-def _cmd_outbox(args: argparse.Namespace) -> int:
+STATUSES = ("queued", "sending", "sent", "folded", "undeliverable", "dead")
+
+
+def _run_admin(args: argparse.Namespace) -> int:
+    """The operator commands: each opens the store, does one thing, closes it."""
+    from . import admin
+    from .notify.render import TemplateError
     from .store import open_store
+    from .store.base import StoreError
 
     config = _load(args.config)
     if config is None:
         return 1
 
-    async def run() -> int:
+    async def counts() -> int:
         store = await open_store(config.storage)
         try:
-            if args.outbox_command == "counts":
-                counts = await store.outbox_counts()
-                for status in ("queued", "sending", "sent", "dead"):
-                    print(f"{status:8} {counts.get(status, 0)}")
-                return 0
-            rows = await store.list_deliveries(args.status, args.limit)
-            for row in rows:
-                print(json.dumps(row, ensure_ascii=False))
-            return 0
+            found = await store.outbox_counts()
         finally:
             await store.close()
+        for status in STATUSES:
+            print(f"{status:14} {found.get(status, 0)}")
+        return 0
 
-    return asyncio.run(run())
+    async def listing() -> int:
+        store = await open_store(config.storage)
+        try:
+            rows = await store.list_deliveries(args.status, args.limit)
+        finally:
+            await store.close()
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+        return 0
+
+    actions: dict[tuple[str, str | None], Callable[[], Coroutine[Any, Any, int]]] = {
+        ("contacts", "import"): lambda: admin.contacts_import(config, Path(args.file)),
+        ("contacts", "show"): lambda: admin.contacts_show(config, args.login),
+        ("contacts", "remove"): lambda: admin.contacts_remove(config, args.login),
+        ("outbox", "counts"): counts,
+        ("outbox", "list"): listing,
+        ("outbox", "show"): lambda: admin.outbox_show(config, args.id),
+        ("outbox", "retry"): lambda: admin.outbox_retry(config, args.id),
+        ("outbox", "purge"): lambda: admin.outbox_purge(config, args.older_than),
+        ("send-test", None): lambda: admin.send_test(config, args.login, args.channel),
+    }
+    action = actions[(args.command, getattr(args, "action", None))]
+    try:
+        result: int = asyncio.run(action())
+    except StoreError as exc:
+        print(f"policy-server: store unavailable: {exc}", file=sys.stderr)
+        return 1
+    except TemplateError as exc:
+        print(f"policy-server: templates: {exc}", file=sys.stderr)
+        return 1
+    return result
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,15 +223,46 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(lookup)
     lookup.set_defaults(func=_cmd_lookup)
 
-    outbox = sub.add_parser("outbox", help="inspect the notice queue")
-    outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
+    contacts = sub.add_parser("contacts", help="who receives each account's notices")
+    contacts_sub = contacts.add_subparsers(dest="action", required=True, metavar="ACTION")
+    imp = contacts_sub.add_parser(
+        "import",
+        help="add or replace contacts from a CSV file (login,email,phone,language,timezone)",
+    )
+    imp.add_argument("file", metavar="FILE.csv")
+    _add_config(imp)
+    for name, text in (("show", "print an account's contact"), ("remove", "delete it")):
+        one = contacts_sub.add_parser(name, help=text)
+        one.add_argument("login", metavar="LOGIN")
+        _add_config(one)
+    contacts.set_defaults(func=_run_admin)
+
+    outbox = sub.add_parser("outbox", help="inspect and act on the notice queue")
+    outbox_sub = outbox.add_subparsers(dest="action", required=True, metavar="ACTION")
     counts = outbox_sub.add_parser("counts", help="deliveries by status")
     _add_config(counts)
     listing = outbox_sub.add_parser("list", help="recent deliveries as JSON lines")
     _add_config(listing)
-    listing.add_argument("--status", choices=["queued", "sending", "sent", "dead"])
+    listing.add_argument("--status", choices=STATUSES)
     listing.add_argument("--limit", type=int, default=50)
-    outbox.set_defaults(func=_cmd_outbox)
+    show = outbox_sub.add_parser(
+        "show", help="a notice: reasons, history seen, message per channel, attempts and errors"
+    )
+    show.add_argument("id", metavar="ID")
+    _add_config(show)
+    retry = outbox_sub.add_parser("retry", help="queue a dead or undeliverable notice again")
+    retry.add_argument("id", metavar="ID")
+    _add_config(retry)
+    purge = outbox_sub.add_parser("purge", help="delete finished notices older than an age")
+    purge.add_argument("--older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 90m")
+    _add_config(purge)
+    outbox.set_defaults(func=_run_admin)
+
+    test = sub.add_parser("send-test", help="render a sample notice and send it through a channel")
+    test.add_argument("login", metavar="LOGIN")
+    test.add_argument("--channel", required=True, metavar="NAME")
+    _add_config(test)
+    test.set_defaults(func=_run_admin)
     return parser
 
 

@@ -6,7 +6,10 @@ Every default lives here; ``conf/policy-server.toml`` documents each key. Errors
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
+import re
+import string
 import tomllib
 import zoneinfo
 from pathlib import Path
@@ -126,6 +129,25 @@ class MessageConfig(_Model):
         return value
 
 
+class ThrottleRule(_Model):
+    max: int = Field(ge=1)
+    window_s: float = Field(gt=0)
+
+
+class DeliveryConfig(_Model):
+    # a new notice waits this long before its first delivery, so that the services a mail
+    # client uses together (IMAP, then SMTP) are named in one notice
+    hold_s: float = Field(default=60.0, ge=0)
+    # logins from the origin of a notice not yet delivered, within this window, join it
+    coalesce_window_s: float = Field(default=600.0, ge=0)
+    # at most `max` notices per account and channel within `window_s`; what exceeds waits
+    # and is folded into the next notice that may be sent
+    throttle: tuple[ThrottleRule, ...] = (
+        ThrottleRule(max=3, window_s=3600),
+        ThrottleRule(max=10, window_s=48 * 3600),
+    )
+
+
 class QueueConfig(_Model):
     poll_interval_s: float = Field(default=1.0, gt=0, le=60)
     batch_size: int = Field(default=64, ge=1, le=10_000)
@@ -136,14 +158,86 @@ class QueueConfig(_Model):
     deadline_s: float = Field(default=2 * 86400.0, gt=0)
 
 
-class LogChannelConfig(_Model):
+RecipientFallback = Literal["none", "login", "template"]
+
+
+_CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+
+
+def parse_quiet_hours(value: str) -> tuple[datetime.time, datetime.time] | None:
+    """``"23:00-07:00"`` -> (23:00, 07:00); ``""`` -> None (no quiet hours)."""
+    if not value.strip():
+        return None
+    start, sep, end = value.replace(" ", "").partition("-")
+    times = []
+    for part in (start, end):
+        match = _CLOCK.match(part)
+        if not sep or not match:
+            raise ValueError('must be "HH:MM-HH:MM", e.g. "23:00-07:00", or ""')
+        times.append(datetime.time(int(match.group(1)), int(match.group(2))))
+    if times[0] == times[1]:
+        raise ValueError("start and end are the same")
+    return times[0], times[1]
+
+
+class _ChannelBase(_Model):
+    name: str = ""
+    # the channel is for operators' alerts, not account owners (used by the storm breaker)
+    admin: bool = False
+    # local time (recipient's zone) when non-urgent notices wait for morning; "" = never
+    quiet_hours: str = ""
+    # reason combinations that are sent even in quiet hours ("+" joins reasons that must all
+    # be present)
+    quiet_urgent: tuple[str, ...] = ("new_country+new_provider",)
+    # how a recipient is found when the contacts table has none for the account: "login" uses
+    # the login itself when it looks like one (an e-mail address / a phone number), "template"
+    # fills recipient_template ("{login}", "{local}", "{domain}"), "none" gives up
+    recipient_fallback: RecipientFallback = "none"
+    recipient_template: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _timeout_alias(cls, data: Any) -> Any:
+        # "timeout" reads naturally in a config file; "timeout_s" says the unit
+        if isinstance(data, dict) and "timeout" in data and "timeout_s" not in data:
+            data = dict(data)
+            data["timeout_s"] = data.pop("timeout")
+        return data
+
+    @model_validator(mode="after")
+    def _check_template(self) -> _ChannelBase:
+        if self.recipient_fallback == "template" and not self.recipient_template:
+            raise ValueError('recipient_fallback = "template" needs recipient_template')
+        check_placeholders(
+            self.recipient_template,
+            frozenset({"login", "local", "domain"}),
+            "recipient_template",
+        )
+        return self
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _check_quiet(cls, value: str) -> str:
+        parse_quiet_hours(value)
+        return value
+
+    @field_validator("quiet_urgent")
+    @classmethod
+    def _check_urgent(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        known = {r.value for r in Reason}
+        for combo in value:
+            unknown = set(combo.split("+")) - known
+            if unknown:
+                raise ValueError(f"unknown reason(s) {', '.join(sorted(unknown))} in {combo!r}")
+        return value
+
+
+class LogChannelConfig(_ChannelBase):
     type: Literal["log"]
-    name: str = ""
 
 
-class WebhookChannelConfig(_Model):
+class WebhookChannelConfig(_ChannelBase):
     type: Literal["webhook"]
-    name: str = ""
     url: str
     secret: str = ""
     timeout_s: float = Field(default=10.0, gt=0, le=300)
@@ -157,7 +251,88 @@ class WebhookChannelConfig(_Model):
         return value
 
 
-ChannelConfig = Annotated[LogChannelConfig | WebhookChannelConfig, Field(discriminator="type")]
+class EmailChannelConfig(_ChannelBase):
+    type: Literal["email"]
+    host: str = "127.0.0.1"
+    port: int = Field(default=25, ge=1, le=65535)
+    sender: str
+    username: str = ""
+    password: str = ""
+    starttls: bool = False
+    tls: bool = False
+    timeout_s: float = Field(default=30.0, gt=0, le=300)
+    recipient_fallback: RecipientFallback = "login"
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> EmailChannelConfig:
+        if self.starttls and self.tls:
+            raise ValueError("choose starttls (upgrade on port 587/25) or tls (port 465), not both")
+        return self
+
+
+class SmsChannelConfig(_ChannelBase):
+    type: Literal["sms"]
+    quiet_hours: str = "23:00-07:00"
+    url: str
+    method: Literal["POST", "PUT", "GET"] = "POST"
+    body_format: Literal["json", "form"] = "json"
+    # each value is a template over {phone}, {text}, {id}, {login}
+    body: dict[str, str] = Field(default_factory=lambda: {"to": "{phone}", "text": "{text}"})
+    auth_header: str = ""
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("body")
+    @classmethod
+    def _check_body(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, template in value.items():
+            check_placeholders(template, SMS_PLACEHOLDERS, f"body.{key}")
+        if not any("{text}" in template for template in value.values()):
+            raise ValueError("no field carries {text}, the message itself")
+        return value
+
+
+SMS_PLACEHOLDERS = frozenset({"phone", "text", "id", "login"})
+
+
+def check_placeholders(template: str, allowed: frozenset[str], where: str) -> None:
+    """Refuse a ``str.format`` template with other than plain ``{name}`` fields of ``allowed``."""
+    try:
+        fields = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc} (write {{{{ and }}}} for literal braces)") from None
+    for _literal, name, spec, conversion in fields:
+        if name is None:
+            continue
+        if name not in allowed or spec or conversion:
+            raise ValueError(
+                f"{where}: unknown placeholder {{{name}}}; use {', '.join(sorted(allowed))}"
+            )
+
+
+class CommandChannelConfig(_ChannelBase):
+    type: Literal["command"]
+    command: tuple[str, ...] = Field(min_length=1)
+    timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    # which recipient the program needs, if any: "email", "phone" or "none"
+    recipient: Literal["none", "email", "phone"] = "none"
+
+
+ChannelConfig = Annotated[
+    LogChannelConfig
+    | WebhookChannelConfig
+    | EmailChannelConfig
+    | SmsChannelConfig
+    | CommandChannelConfig,
+    Field(discriminator="type"),
+]
 
 
 class Config(_Model):
@@ -168,6 +343,7 @@ class Config(_Model):
     policy: PolicyConfig = PolicyConfig()
     message: MessageConfig = MessageConfig()
     queue: QueueConfig = QueueConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
     channels: tuple[ChannelConfig, ...] = (LogChannelConfig(type="log", name="log"),)
 
     @model_validator(mode="before")
@@ -195,7 +371,7 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in ("log", "webhook") and path.endswith("]"):
+        elif part in ("log", "webhook", "email", "sms", "command") and path.endswith("]"):
             # pydantic adds the discriminator tag to the location; the user did not write it
             continue
         else:

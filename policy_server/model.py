@@ -113,6 +113,19 @@ class History:
 
 
 @dataclass(frozen=True, slots=True)
+class Recipient:
+    """Who a channel delivers a notice to, and in which language and time zone.
+
+    ``address`` is an e-mail address or a phone number, or "" for channels that need none
+    (log, webhook). Language and time zone are None when the account has no preference.
+    """
+
+    address: str = ""
+    language: str | None = None
+    timezone: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Notice:
     """A queued notice: what happened and why, as stored with the queue row.
 
@@ -131,6 +144,13 @@ class Notice:
     as_org: str | None
     prefix: str
     history: tuple[dict[str, Any], ...] = ()
+    # every service seen from this origin while the notice waited (IMAP then SMTP, ...)
+    protocols: tuple[str, ...] = ()
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """The protocols to name: all seen, first the one that triggered the notice."""
+        return self.protocols or (self.protocol,)
 
     def payload_fields(self) -> dict[str, Any]:
         """The fields of the external webhook contract, without ``message``."""
@@ -144,4 +164,5 @@ class Notice:
             "asn": self.asn,
             "as_org": self.as_org,
             "time": self.time.isoformat(),
+            "protocols": list(self.services),
         }

@@ -60,7 +60,14 @@ class LoginRecorder:
         granularity = self._config.policy.touch_granularity_s
         history = await self._store.history(account)
         known = history.find(origin)
-        if known is not None and at - known.last_seen < granularity:
+        delivery = self._config.delivery
+        # A fresh repeat writes nothing, unless its origin is new enough to have a notice that
+        # is still waiting and should name this login's service too.
+        if (
+            known is not None
+            and at - known.last_seen < granularity
+            and at - known.first_seen >= delivery.coalesce_window_s
+        ):
             return Outcome(decision=KNOWN)
         outcome = await self._store.record_success(
             SuccessfulLogin(
@@ -75,6 +82,8 @@ class LoginRecorder:
             self._channels,
             touch_after=granularity,
             deadline_s=self._config.queue.deadline_s,
+            hold_s=delivery.hold_s,
+            coalesce_s=delivery.coalesce_window_s,
         )
         if outcome.notice_id is not None:
             self._on_notice()

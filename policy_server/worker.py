@@ -16,7 +16,9 @@ import socket
 import time
 from collections.abc import Mapping
 
-from .config import QueueConfig
+from .config import ChannelConfig, Config, QueueConfig
+from .delivery_rules import quiet_until, resolve_recipient, throttled_until, zone
+from .model import Notice
 from .notify.channels import Channel
 from .notify.errors import DeliveryError, TemporaryDeliveryError
 from .notify.render import Renderer
@@ -47,13 +49,15 @@ class Worker:
         store: Store,
         channels: Mapping[str, Channel],
         renderer: Renderer,
-        config: QueueConfig,
+        config: Config,
         owner: str | None = None,
     ) -> None:
         self._store = store
         self._channels = channels
         self._renderer = renderer
-        self._config = config
+        self._full = config
+        self._config: QueueConfig = config.queue
+        self._channel_configs: dict[str, ChannelConfig] = {c.name: c for c in config.channels}
         self.owner = owner or owner_token()
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -85,55 +89,121 @@ class Worker:
         log.info("delivery worker %s stopped", self.owner)
 
     async def run_once(self) -> int:
-        """Claim one batch, deliver it, record the outcome; returns how many were claimed."""
+        """Claim one batch, deliver it, record the outcome; returns how many were claimed.
+
+        Deliveries of one account through one channel are handled together: the newest notice
+        goes out and carries the others, so a batch can neither send one person several
+        messages at once nor slip past the per-account limit.
+        """
         now = time.time()
         batch = await self._store.claim(
             self.owner, self._config.batch_size, now, self._config.lease_s
         )
         if not batch:
             return 0
+        groups: dict[tuple[str, str], list[Delivery]] = {}
+        for delivery in batch:
+            groups.setdefault((delivery.notice.account, delivery.channel), []).append(delivery)
         limit = asyncio.Semaphore(self._config.concurrency)
 
-        async def bounded(delivery: Delivery) -> DeliveryResult:
+        async def bounded(group: list[Delivery]) -> list[DeliveryResult]:
             async with limit:
-                return await self._deliver(delivery)
+                return await self._deliver_group(group)
 
-        results = await asyncio.gather(*(bounded(d) for d in batch))
-        await self._store.finish(self.owner, results, time.time())
+        outcomes = await asyncio.gather(*(bounded(g) for g in groups.values()))
+        await self._store.finish(self.owner, [r for rs in outcomes for r in rs], time.time())
         return len(batch)
 
-    async def _deliver(self, delivery: Delivery) -> DeliveryResult:
+    async def _deliver_group(self, group: list[Delivery]) -> list[DeliveryResult]:
+        group.sort(key=lambda d: d.notice.time)
+        primary, claimed = group[-1], group[:-1]
+        outcome = await self._deliver(primary, [d.notice for d in claimed])
+        main = outcome[0]
+        results = list(outcome)
+        for other in claimed:
+            if main.status == "sent":
+                results.append(
+                    DeliveryResult(
+                        other.notice.id, other.channel, "folded", folded_into=main.notice_id
+                    )
+                )
+            else:
+                # whatever held the newest back (quiet hours, throttle, an outage) holds these
+                status = "deferred" if main.status == "queued" else main.status
+                results.append(
+                    DeliveryResult(
+                        other.notice.id, other.channel, status, main.error, main.next_attempt
+                    )
+                )
+        return results
+
+    async def _deliver(self, delivery: Delivery, carried: list[Notice]) -> list[DeliveryResult]:
         notice = delivery.notice
         channel = self._channels.get(delivery.channel)
+        channel_config = self._channel_configs.get(delivery.channel)
         now = time.time()
 
         def result(
             status: str, error: str | None = None, at: float | None = None
-        ) -> DeliveryResult:
-            return DeliveryResult(notice.id, delivery.channel, status, error, at)
+        ) -> list[DeliveryResult]:
+            return [DeliveryResult(notice.id, delivery.channel, status, error, at)]
 
-        if channel is None:
+        if channel is None or channel_config is None:
             return result("dead", f"channel {delivery.channel!r} is not configured")
         if now >= delivery.deadline:
             return result("dead", "deadline passed before delivery")
+        contact = await self._store.contact(notice.account)
+        recipient = resolve_recipient(
+            channel.recipient_kind,
+            contact,
+            notice.login,
+            channel_config.recipient_fallback,
+            channel_config.recipient_template,
+        )
+        if recipient is None:
+            # final, and visible in the outbox: retrying cannot conjure an address
+            return result("undeliverable", f"no {channel.recipient_kind} address for this account")
+        tz = zone(recipient.timezone, self._full.message.timezone)
+        wake = quiet_until(
+            now, channel_config.quiet_hours, tz, notice.reasons, channel_config.quiet_urgent
+        )
+        if wake is not None:
+            return result("deferred", "quiet hours", wake)
+        rules = self._full.delivery.throttle
+        if rules:
+            since = now - max(rule.window_s for rule in rules)
+            sent = await self._store.sent_times(notice.account, delivery.channel, since)
+            free_at = throttled_until(sent, now, rules)
+            if free_at is not None:
+                return result("deferred", "throttled: per-account limit reached", free_at)
+        waiting = await self._store.waiting_notices(
+            notice.account, delivery.channel, notice.time.timestamp()
+        )
+        folded = [*waiting, *carried]
         try:
-            message = self._renderer.render(notice)
+            message = self._renderer.render(notice, recipient, folded)
         except Exception as exc:  # a template an admin broke: keep the notice, say why
             log.error("cannot render notice %s: %s", notice.id, exc)
             return result("dead", f"render failed: {exc}")
         try:
-            await channel.send(notice, message)
+            await channel.send(notice, message, recipient)
         except DeliveryError as exc:
-            return self._failed(delivery, exc)
+            return [self._failed(delivery, exc)]
         except Exception as exc:  # a channel bug must not kill the worker
             log.exception("channel %s raised unexpectedly for notice %s", channel.name, notice.id)
-            return self._failed(delivery, TemporaryDeliveryError(f"unexpected error: {exc!r}"))
+            return [self._failed(delivery, TemporaryDeliveryError(f"unexpected error: {exc!r}"))]
         if delivery.channel in self._outage_logged:
             self._outage_logged.discard(delivery.channel)
             log.info("channel %s delivers again", delivery.channel)
         self.delivered += 1
         log.debug("notice %s delivered through %s", notice.id, delivery.channel)
-        return result("sent")
+        return [
+            DeliveryResult(notice.id, delivery.channel, "sent"),
+            *(
+                DeliveryResult(other.id, delivery.channel, "folded", folded_into=notice.id)
+                for other in waiting
+            ),
+        ]
 
     def _failed(self, delivery: Delivery, exc: DeliveryError) -> DeliveryResult:
         notice_id = delivery.notice.id

@@ -43,6 +43,8 @@ def make_config(tmp_path: Path, geo_files: dict[str, Path]) -> Callable[..., Con
             },
             "storage": {"path": str(tmp_path / "store.sqlite3"), "group_commit_wait_ms": 1},
             "queue": {"poll_interval_s": 0.05, "backoff_base_s": 0.05, "backoff_max_s": 0.5},
+            # deliver at once and without a per-account limit unless a test turns them on
+            "delivery": {"hold_s": 0, "throttle": []},
         }
         for name, value in sections.items():
             if isinstance(value, dict) and isinstance(data.get(name), dict):

@@ -12,9 +12,12 @@ from pydantic import BaseModel
 
 from policy_server.cli import main
 from policy_server.config import (
+    CommandChannelConfig,
     Config,
     ConfigError,
+    EmailChannelConfig,
     LogChannelConfig,
+    SmsChannelConfig,
     WebhookChannelConfig,
     config_from_mapping,
     load_config,
@@ -125,7 +128,17 @@ def test_example_file_documents_every_key_and_loads() -> None:
     documented = {f"{s}.{k}" for s, keys in sections.items() for k in keys}
     missing = _documented_keys(Config, "") - documented
     assert not missing, f"keys not documented in {EXAMPLE.name}: {sorted(missing)}"
-    channel_keys = set(WebhookChannelConfig.model_fields) | set(LogChannelConfig.model_fields)
+    channel_keys = {
+        key
+        for model in (
+            LogChannelConfig,
+            WebhookChannelConfig,
+            EmailChannelConfig,
+            SmsChannelConfig,
+            CommandChannelConfig,
+        )
+        for key in model.model_fields
+    }
     missing_channel = {k for k in channel_keys if f"# {k} = " not in text}
     assert not missing_channel
 

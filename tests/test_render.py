@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from policy_server.config import MessageConfig
-from policy_server.model import Notice, Reason
+from policy_server.model import Notice, Reason, Recipient
 from policy_server.notify.render import Renderer, TemplateError, protocol_labels
 
 HELP_URL = "https://mail.example.jp/help/password"
@@ -45,7 +45,7 @@ def write_template(root: Path, language: str, text: str) -> None:
 
 
 def test_japanese_notice(notice: Notice) -> None:
-    text = Renderer(config(language="ja")).render(notice)
+    text = Renderer(config(language="ja")).render(notice).body
     assert text.startswith("【Example Mailへのアクセスのお知らせ】\n")
     assert "Example Mail（IMAP）" in text
     assert "2020/03/11 05:12:44（日本時間）" in text
@@ -55,7 +55,7 @@ def test_japanese_notice(notice: Notice) -> None:
 
 
 def test_english_notice(notice: Notice) -> None:
-    text = Renderer(config(language="ja")).render(notice, "en")
+    text = Renderer(config(language="ja")).render(notice, Recipient(language="en")).body
     assert text.startswith("【Access to Example Mail】\n")
     assert "Example Mail (IMAP)" in text
     assert "2020/03/11 05:12:44 (Japan Time)" in text
@@ -66,12 +66,15 @@ def test_english_notice(notice: Notice) -> None:
 def test_unknown_country_is_said_plainly(notice: Notice) -> None:
     unknown = replace(notice, country=None, asn=None, as_org=None)
     renderer = Renderer(config())
-    assert "■国・地域（推定）\n不明\n" in renderer.render(unknown, "ja")
-    assert "■ Country/region (estimated)\nUnknown\n" in renderer.render(unknown, "en")
+    assert "■国・地域（推定）\n不明\n" in renderer.render(unknown, Recipient(language="ja")).body
+    assert (
+        "■ Country/region (estimated)\nUnknown\n"
+        in renderer.render(unknown, Recipient(language="en")).body
+    )
 
 
 def test_country_code_babel_does_not_know_is_unknown(notice: Notice) -> None:
-    text = Renderer(config()).render(replace(notice, country="XX"), "en")
+    text = Renderer(config()).render(replace(notice, country="XX"), Recipient(language="en")).body
     assert "(estimated)\nUnknown\n" in text
 
 
@@ -87,7 +90,9 @@ def test_country_code_babel_does_not_know_is_unknown(notice: Notice) -> None:
     ],
 )
 def test_protocol_labels(notice: Notice, protocol: str, label: str) -> None:
-    text = Renderer(config()).render(replace(notice, protocol=protocol), "en")
+    text = (
+        Renderer(config()).render(replace(notice, protocol=protocol), Recipient(language="en")).body
+    )
     assert f"Example Mail ({label})" in text
 
 
@@ -96,7 +101,7 @@ def test_several_protocols_are_joined_once_each() -> None:
 
 
 def test_time_zone_setting_changes_time_and_label(notice: Notice) -> None:
-    text = Renderer(config(timezone="Europe/Berlin")).render(notice, "en")
+    text = Renderer(config(timezone="Europe/Berlin")).render(notice, Recipient(language="en")).body
     assert "2020/03/10 21:12:44 (Germany (Berlin) Time)" in text
     assert "05:12:44" not in text
 
@@ -113,7 +118,7 @@ def test_time_zone_setting_changes_time_and_label(notice: Notice) -> None:
 def test_zones_without_a_place_are_named_not_unknown(
     notice: Notice, zone: str, language: str, expected: str
 ) -> None:
-    text = Renderer(config(timezone=zone)).render(notice, language)
+    text = Renderer(config(timezone=zone)).render(notice, Recipient(language=language)).body
     assert expected in text
     assert "Unknown Region" not in text
     assert "不明な地域" not in text
@@ -121,10 +126,14 @@ def test_zones_without_a_place_are_named_not_unknown(
 
 def test_language_fallback(notice: Notice) -> None:
     renderer = Renderer(config(language="ja"))
-    assert renderer.render(notice, "en-US").startswith("【Access to")
-    assert renderer.render(notice, "fr").startswith("【Example Mailへの")
-    assert renderer.render(notice, None).startswith("【Example Mailへの")
-    assert Renderer(config(language="en")).render(notice, "fr").startswith("【Access to")
+    assert renderer.render(notice, Recipient(language="en-US")).body.startswith("【Access to")
+    assert renderer.render(notice, Recipient(language="fr")).body.startswith("【Example Mailへの")
+    assert renderer.render(notice).body.startswith("【Example Mailへの")
+    assert (
+        Renderer(config(language="en"))
+        .render(notice, Recipient(language="fr"))
+        .body.startswith("【Access to")
+    )
 
 
 def test_shipped_templates_pass_check() -> None:
@@ -144,19 +153,21 @@ def test_override_dir_adds_a_language(tmp_path: Path, notice: Notice) -> None:
     renderer = Renderer(config(templates_dir=str(tmp_path)))
     assert renderer.languages == ["de", "en", "ja"]
     assert renderer.check() == []
-    text = renderer.render(replace(notice, country="DE"), "de")
+    text = renderer.render(replace(notice, country="DE"), Recipient(language="de")).body
     assert text == (
         "Zugriff auf Example Mail (IMAP)\n"
         "2020/03/11 05:12:44 (Japan (Ortszeit))\n"
         "Land: Deutschland\n"
     )
     # the shipped languages stay available beside the added one
-    assert renderer.render(notice, "en").startswith("【Access to")
+    assert renderer.render(notice, Recipient(language="en")).body.startswith("【Access to")
 
 
 def test_override_dir_replaces_a_shipped_language(tmp_path: Path, notice: Notice) -> None:
     write_template(tmp_path, "en", "{{ login }} from {{ country }} ({{ reasons|join(',') }})\n")
-    text = Renderer(config(templates_dir=str(tmp_path))).render(notice, "en")
+    text = (
+        Renderer(config(templates_dir=str(tmp_path))).render(notice, Recipient(language="en")).body
+    )
     assert text == "taro@example.jp from JP (new_country)\n"
 
 

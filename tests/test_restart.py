@@ -90,6 +90,9 @@ poll_interval_s = 0.1
 backoff_base_s = 0.1
 backoff_max_s = 0.5
 lease_s = {lease_s}
+[delivery]
+hold_s = 0
+throttle = []
 [[channels]]
 type = "webhook"
 url = "{sink_url}"

@@ -35,9 +35,11 @@ from policy_server.notify.errors import (
     TemporaryDeliveryError,
 )
 from policy_server.notify.logchannel import LogChannel
+from policy_server.notify.render import RenderedMessage
 from policy_server.notify.webhook import MAX_RETRY_AFTER_S, WebhookChannel
 
-MESSAGE = "【Example Mailへのアクセスのお知らせ】\n■国・地域（推定）\n不明\n"
+TEXT = "【Example Mailへのアクセスのお知らせ】\n■国・地域（推定）\n不明\n"
+MESSAGE = RenderedMessage(subject="subject", body=TEXT, short="short", language="ja")
 WHSEC = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 PLAIN_SECRET = "correct horse battery staple"
 
@@ -158,7 +160,8 @@ async def test_payload_is_the_contract(sink: Sink, make_channel: Any, notice: No
         "asn": 64500,
         "as_org": "Example Networks, Inc.",
         "time": "2020-03-10T20:12:44+00:00",
-        "message": MESSAGE,
+        "protocols": ["imap"],
+        "message": TEXT,
     }
     assert request.headers["Content-Type"] == "application/json"
     assert request.headers["User-Agent"] == f"policy-server/{__version__}"
@@ -201,7 +204,7 @@ async def test_signature_verifies_with_standardwebhooks(
     first, second = sink.requests
     for request in (first, second):
         payload = Webhook(WHSEC).verify(request.body, request.headers)
-        assert payload["message"] == MESSAGE
+        assert payload["message"] == TEXT
         assert request.headers["webhook-id"] == payload["id"] == notice.id
         assert abs(int(request.headers["webhook-timestamp"]) - time.time()) < 60
     assert first.headers["webhook-id"] == second.headers["webhook-id"]
@@ -347,7 +350,7 @@ async def test_log_channel_writes_one_line(
     assert isinstance(channel, LogChannel)
     await channel.open()
     with caplog.at_level(logging.INFO, logger="policy_server.notify"):
-        await channel.send(notice, "line one\nline two\r\nforged=1")
+        await channel.send(notice, replace(MESSAGE, body="line one\nline two\r\nforged=1"))
     await channel.close()
     [record] = caplog.records
     line = record.getMessage()

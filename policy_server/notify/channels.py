@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import abc
+from typing import TYPE_CHECKING, Literal
 
-from ..config import ChannelConfig, LogChannelConfig, WebhookChannelConfig
-from ..model import Notice
+from ..config import (
+    ChannelConfig,
+    CommandChannelConfig,
+    EmailChannelConfig,
+    LogChannelConfig,
+    SmsChannelConfig,
+    WebhookChannelConfig,
+)
+from ..model import Notice, Recipient
+
+if TYPE_CHECKING:
+    from .render import RenderedMessage
+
+RecipientKind = Literal["email", "phone"] | None
 
 
 class Channel(abc.ABC):
@@ -17,13 +30,18 @@ class Channel(abc.ABC):
     """
 
     name: str
+    # what the channel needs to reach an account owner: an e-mail address, a phone number, or
+    # nothing (log, webhook: the receiver knows the account)
+    recipient_kind: RecipientKind = None
 
     async def open(self) -> None:  # noqa: B027 - most channels hold no resources
         """Acquire what ``send`` needs (client sessions, connections)."""
 
     @abc.abstractmethod
-    async def send(self, notice: Notice, message: str) -> None:
-        """Deliver ``message`` (the rendered text of ``notice``)."""
+    async def send(
+        self, notice: Notice, message: RenderedMessage, recipient: Recipient | None = None
+    ) -> None:
+        """Deliver ``message`` (``notice`` rendered for ``recipient``) to ``recipient``."""
 
     async def close(self) -> None:  # noqa: B027 - most channels hold no resources
         """Release what ``open`` acquired; safe to call when ``open`` was not."""
@@ -43,4 +61,16 @@ def build_channel(config: ChannelConfig) -> Channel:
         from .logchannel import LogChannel
 
         return LogChannel(config)
+    if isinstance(config, EmailChannelConfig):
+        from .email import EmailChannel
+
+        return EmailChannel(config)
+    if isinstance(config, SmsChannelConfig):
+        from .sms import SmsChannel
+
+        return SmsChannel(config)
+    if isinstance(config, CommandChannelConfig):
+        from .command import CommandChannel
+
+        return CommandChannel(config)
     raise ValueError(f"unknown channel type {getattr(config, 'type', None)!r}")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 
 from ..config import LogChannelConfig
-from ..model import Notice
+from ..model import Notice, Recipient
 from .channels import Channel
+from .render import RenderedMessage
 
 logger = logging.getLogger("policy_server.notify")
 
@@ -36,12 +37,14 @@ class LogChannel(Channel):
     def __init__(self, config: LogChannelConfig) -> None:
         self.name = config.name or config.type
 
-    async def send(self, notice: Notice, message: str) -> None:
+    async def send(
+        self, notice: Notice, message: RenderedMessage, recipient: Recipient | None = None
+    ) -> None:
         logger.info(
             "notice channel=%s id=%s login=%s reasons=%s message=%s",
             self.name,
             notice.id,
             one_line(notice.login),
             ",".join(reason.value for reason in notice.reasons),
-            one_line(message),
+            one_line(message.body),
         )

@@ -1,19 +1,23 @@
 """Turning a notice into the text an account owner reads, in their language.
 
-Templates are whole files, one per language: ``<lang>/notice.txt``. An admin's
+Templates are whole files, per language: ``<lang>/notice.txt`` (the body of an e-mail, the
+``message`` of a webhook), ``<lang>/subject.txt`` (an e-mail subject, one line) and
+``<lang>/sms.txt`` (the short text of an SMS). Only ``notice.txt`` is required: without the
+others the subject is the body's first line and the SMS is the body. An admin's
 ``message.templates_dir`` is searched first, then the templates shipped with the package, so an
-override dir may replace a shipped language or add a new one.
+override dir may replace a single file of a shipped language or add a new language.
 """
 
 from __future__ import annotations
 
 import importlib.resources
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
 import jinja2.meta
@@ -22,9 +26,12 @@ from babel.core import get_global
 from babel.dates import format_datetime, get_timezone_location
 
 from ..config import MessageConfig
-from ..model import Notice, Reason
+from ..model import Notice, Reason, Recipient
 
 TEMPLATE_FILE = "notice.txt"
+SUBJECT_FILE = "subject.txt"
+SMS_FILE = "sms.txt"
+TEMPLATE_FILES = (TEMPLATE_FILE, SUBJECT_FILE, SMS_FILE)
 FALLBACK_LANGUAGE = "en"
 TIME_FORMAT = "yyyy/MM/dd HH:mm:ss"
 
@@ -52,8 +59,24 @@ TEMPLATE_VARIABLES = frozenset(
         "reasons",
         "as_org",
         "asn",
+        "earlier",
     }
 )
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedMessage:
+    """A notice as one recipient reads it: e-mail subject and body, SMS text, language used."""
+
+    subject: str
+    body: str
+    short: str
+    language: str
+
+
+# What check() renders: each sample alone, then the first with the others folded into it, for
+# a recipient in another time zone.
+SAMPLE_RECIPIENT = Recipient("user@example.jp", None, "America/New_York")
 
 # What check() renders: one origin fully resolved and one not, since templates branch on unknowns.
 SAMPLE_NOTICES = (
@@ -69,6 +92,7 @@ SAMPLE_NOTICES = (
         asn=64500,
         as_org="Example Networks",
         prefix="203.0.113.0/24",
+        protocols=("smtp", "imap"),
     ),
     Notice(
         id="sample-unresolved",
@@ -130,6 +154,13 @@ def _babel_locale(language: str) -> Locale:
         return Locale.parse(FALLBACK_LANGUAGE)
 
 
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
 def _language_dirs(root: Traversable) -> set[str]:
     """Names of the subdirectories of ``root`` that hold a template."""
     return {
@@ -140,7 +171,7 @@ def _language_dirs(root: Traversable) -> set[str]:
 
 
 class Renderer:
-    """Renders notices with Jinja2 templates, one per language.
+    """Renders notices with Jinja2 templates, a set of files per language.
 
     Construction loads and compiles every template, checks that each uses only the known
     variables, and renders sample notices in every language; any problem raises
@@ -178,8 +209,8 @@ class Renderer:
         self._env = jinja2.Environment(
             loader=loader,
             undefined=jinja2.StrictUndefined,
-            # the output is plain text (SMS, a JSON string), never HTML: escaping would put
-            # "&amp;" into a customer's message
+            # the output is plain text (SMS, e-mail, a JSON string), never HTML: escaping would
+            # put "&amp;" into a customer's message
             autoescape=False,  # noqa: S701
             keep_trailing_newline=True,
             trim_blocks=True,
@@ -188,35 +219,47 @@ class Renderer:
             # what a running service sends without passing the same checks
             auto_reload=False,
         )
-        self._templates: dict[str, jinja2.Template] = {}
+        # (language, file) -> template; subject.txt and sms.txt may be absent
+        self._templates: dict[tuple[str, str], jinja2.Template] = {}
         self._locales: dict[str, Locale] = {}
         problems: list[str] = []
         for lang in self._languages.values():
             self._locales[lang] = _babel_locale(lang)
-            name = f"{lang}/{TEMPLATE_FILE}"
-            try:
-                source, filename, _ = loader.get_source(self._env, name)
-                unknown = (
-                    jinja2.meta.find_undeclared_variables(self._env.parse(source, name, filename))
-                    - TEMPLATE_VARIABLES
-                    - set(self._env.globals)
-                )
-                self._templates[lang] = self._env.get_template(name)
-            except jinja2.TemplateSyntaxError as exc:
-                problems.append(f"{exc.filename or name}:{exc.lineno}: syntax error: {exc.message}")
-                continue
-            except (jinja2.TemplateError, OSError, UnicodeDecodeError) as exc:
-                problems.append(f"{name}: cannot load: {exc}")
-                continue
-            if unknown:
-                problems.append(
-                    f"{filename or name}: unknown variable(s) {', '.join(sorted(unknown))}; "
-                    f"known: {', '.join(sorted(TEMPLATE_VARIABLES))}"
-                )
+            for file in TEMPLATE_FILES:
+                problem = self._load(loader, lang, file)
+                if problem:
+                    problems.append(problem)
         if not problems:
             problems = self.check()
         if problems:
             raise TemplateError(problems)
+
+    def _load(self, loader: jinja2.BaseLoader, lang: str, file: str) -> str | None:
+        """Compile ``lang/file`` into ``self._templates``; a problem's text, or None."""
+        name = f"{lang}/{file}"
+        try:
+            source, filename, _ = loader.get_source(self._env, name)
+        except jinja2.TemplateNotFound:
+            return None if file != TEMPLATE_FILE else f"{name}: missing"
+        except (OSError, UnicodeDecodeError) as exc:
+            return f"{name}: cannot load: {exc}"
+        try:
+            unknown = (
+                jinja2.meta.find_undeclared_variables(self._env.parse(source, name, filename))
+                - TEMPLATE_VARIABLES
+                - set(self._env.globals)
+            )
+            self._templates[(lang, file)] = self._env.get_template(name)
+        except jinja2.TemplateSyntaxError as exc:
+            return f"{exc.filename or name}:{exc.lineno}: syntax error: {exc.message}"
+        except (jinja2.TemplateError, OSError, UnicodeDecodeError) as exc:
+            return f"{name}: cannot load: {exc}"
+        if unknown:
+            return (
+                f"{filename or name}: unknown variable(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(sorted(TEMPLATE_VARIABLES))}"
+            )
+        return None
 
     @property
     def languages(self) -> list[str]:
@@ -240,19 +283,48 @@ class Renderer:
                     return self._languages[candidate]
         return self._default
 
-    def variables(self, notice: Notice, language: str) -> dict[str, Any]:
-        """What a template sees for ``notice`` in ``language``."""
+    def _zone(self, recipient: Recipient | None) -> ZoneInfo:
+        if recipient is not None and recipient.timezone:
+            try:
+                return ZoneInfo(recipient.timezone)
+            except (ZoneInfoNotFoundError, ValueError):
+                pass
+        return self._tz
+
+    def variables(
+        self,
+        notice: Notice,
+        language: str,
+        recipient: Recipient | None = None,
+        folded: Sequence[Notice] = (),
+    ) -> dict[str, Any]:
+        """What a template sees for ``notice`` in ``language``.
+
+        Times are in the recipient's time zone when the account has one, else in
+        ``message.timezone``. ``earlier`` lists the notices folded into this one (held back by
+        the per-account limit), oldest first, each with ``time``, ``country_name``,
+        ``country`` and ``protocols``.
+        """
         locale = self._locales.get(language) or _babel_locale(language)
-        when = notice.time
-        if when.tzinfo is None:
-            # the store keeps UTC; a naive time can only have come from there
-            when = when.replace(tzinfo=UTC)
+        tz = self._zone(recipient)
+        when = _aware(notice.time)
         country = notice.country.upper() if notice.country else None
+        earlier = [
+            {
+                "time": format_datetime(_aware(other.time), TIME_FORMAT, tzinfo=tz, locale=locale),
+                "country": other.country.upper() if other.country else None,
+                "country_name": (
+                    locale.territories.get(other.country.upper()) if other.country else None
+                ),
+                "protocols": protocol_labels(other.services),
+            }
+            for other in sorted(folded, key=lambda n: _aware(n.time))
+        ]
         return {
             "service_name": self._config.service_name,
-            "protocols": protocol_labels([notice.protocol]),
-            "time": format_datetime(when, TIME_FORMAT, tzinfo=self._tz, locale=locale),
-            "tz_label": timezone_label(self._tz, when, locale),
+            "protocols": protocol_labels(notice.services),
+            "time": format_datetime(when, TIME_FORMAT, tzinfo=tz, locale=locale),
+            "tz_label": timezone_label(tz, when, locale),
             "country_name": locale.territories.get(country) if country else None,
             "country": country,
             "help_url": self._config.help_url,
@@ -260,25 +332,53 @@ class Renderer:
             "reasons": [reason.value for reason in notice.reasons],
             "as_org": notice.as_org,
             "asn": notice.asn,
+            "earlier": earlier,
         }
 
-    def render(self, notice: Notice, language: str | None = None) -> str:
-        """The text of ``notice``; raises TemplateError when the template fails on this notice."""
-        lang = self.resolve_language(language)
-        template = self._templates[lang]
+    def render(
+        self,
+        notice: Notice,
+        recipient: Recipient | None = None,
+        folded: Sequence[Notice] = (),
+    ) -> RenderedMessage:
+        """``notice`` for ``recipient`` (language, time zone), with ``folded`` notices in it.
+
+        Raises TemplateError when a template fails on this notice.
+        """
+        lang = self.resolve_language(recipient.language if recipient else None)
+        values = self.variables(notice, lang, recipient, folded)
+        body = self._render(lang, TEMPLATE_FILE, values) or ""
+        subject = self._render(lang, SUBJECT_FILE, values)
+        short = self._render(lang, SMS_FILE, values)
+        return RenderedMessage(
+            subject=_first_line(subject if subject is not None else body),
+            body=body,
+            short=short if short is not None else body,
+            language=lang,
+        )
+
+    def _render(self, lang: str, file: str, values: dict[str, Any]) -> str | None:
+        """``lang/file`` rendered; None when that language has no such file."""
+        template = self._templates.get((lang, file))
+        if template is None:
+            return None
         try:
-            return template.render(self.variables(notice, lang))
+            return template.render(values)
         except jinja2.TemplateError as exc:
             raise TemplateError([f"{template.filename or lang}: {exc}"]) from exc
 
     def check(self) -> list[str]:
         """Problems found by rendering sample notices in every language; [] when all render."""
         problems: list[str] = []
-        for lang, template in sorted(self._templates.items()):
-            filename = template.filename or f"{lang}/{TEMPLATE_FILE}"
-            for notice in SAMPLE_NOTICES:
+        cases: list[tuple[Notice, Recipient | None, tuple[Notice, ...]]] = [
+            (notice, None, ()) for notice in SAMPLE_NOTICES
+        ]
+        cases.append((SAMPLE_NOTICES[0], SAMPLE_RECIPIENT, SAMPLE_NOTICES[1:]))
+        for (lang, file), template in sorted(self._templates.items()):
+            filename = template.filename or f"{lang}/{file}"
+            for notice, recipient, folded in cases:
                 try:
-                    text = template.render(self.variables(notice, lang))
+                    text = template.render(self.variables(notice, lang, recipient, folded))
                 except jinja2.UndefinedError as exc:
                     problems.append(f"{filename}: undefined: {exc.message}")
                     break
@@ -290,3 +390,8 @@ class Renderer:
                     problems.append(f"{filename}: renders an empty message")
                     break
         return problems
+
+
+def _aware(when: datetime) -> datetime:
+    # the store keeps UTC; a naive time can only have come from there
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)

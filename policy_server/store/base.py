@@ -55,7 +55,13 @@ class Delivery:
 class DeliveryResult:
     """What a worker did with a claimed delivery.
 
-    ``status`` is ``sent``, ``queued`` (retry at ``next_attempt``) or ``dead``.
+    ``status`` is one of:
+
+    * ``sent``; ``folded`` (delivered inside notice ``folded_into``; the delivery may be
+      queued or claimed by the same owner);
+    * ``queued``: a failed attempt, retried at ``next_attempt``;
+    * ``deferred``: not attempted (quiet hours, throttle), due again at ``next_attempt``;
+    * ``dead`` (failed for good) or ``undeliverable`` (no recipient for the channel).
     """
 
     notice_id: str
@@ -63,6 +69,18 @@ class DeliveryResult:
     status: str
     error: str | None = None
     next_attempt: float | None = None
+    folded_into: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """An account owner's addresses and preferences, from the contacts table."""
+
+    account: str
+    email: str | None = None
+    phone: str | None = None
+    language: str | None = None
+    timezone: str | None = None
 
 
 def origin_snapshot(known: KnownOrigin) -> dict[str, Any]:
@@ -102,12 +120,16 @@ class Store(abc.ABC):
         *,
         touch_after: float,
         deadline_s: float,
+        hold_s: float = 0.0,
+        coalesce_s: float = 0.0,
     ) -> Outcome:
         """Record a successful login and queue its notice in one committed transaction.
 
         ``decide`` runs against the history as it is inside the transaction, so two concurrent
         logins of one account cannot both be "first". A known origin whose ``last_seen`` is
-        younger than ``touch_after`` seconds is not written again. Returns after the commit.
+        younger than ``touch_after`` seconds is not written again. A new notice's deliveries
+        wait ``hold_s``; a login from the origin of a notice of the last ``coalesce_s`` seconds
+        that is not delivered yet adds its protocol to that notice. Returns after the commit.
         """
 
     @abc.abstractmethod
@@ -121,6 +143,45 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def finish(self, owner: str, results: Sequence[DeliveryResult], now: float) -> None:
         """Write the outcome of claimed deliveries in one transaction."""
+
+    # -- recipients ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def contact(self, account: str) -> Contact | None:
+        """The account's contact row, if any."""
+
+    @abc.abstractmethod
+    async def upsert_contacts(self, contacts: Sequence[Contact], now: float) -> int:
+        """Insert or replace contact rows in one transaction; returns how many."""
+
+    @abc.abstractmethod
+    async def remove_contact(self, account: str) -> bool:
+        """Delete an account's contact row; False when there was none."""
+
+    # -- delivery rules --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def sent_times(self, account: str, channel: str, since: float) -> list[float]:
+        """When notices of ``account`` went out through ``channel`` since ``since``."""
+
+    @abc.abstractmethod
+    async def waiting_notices(self, account: str, channel: str, until: float) -> list[Notice]:
+        """The account's notices created up to ``until`` and still queued (not claimed) for
+        ``channel``, oldest first: what a notice being sent can carry along."""
+
+    # -- operators -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def notice_detail(self, notice_id: str) -> tuple[Notice, list[dict[str, Any]]] | None:
+        """A notice and its deliveries (channel, status, attempts, errors)."""
+
+    @abc.abstractmethod
+    async def retry(self, notice_id: str, now: float, deadline: float) -> int:
+        """Queue a notice's dead or undeliverable deliveries again; returns how many."""
+
+    @abc.abstractmethod
+    async def purge(self, before: float) -> int:
+        """Delete notices created before ``before`` with every delivery final; returns how many."""
 
     @abc.abstractmethod
     async def outbox_counts(self) -> dict[str, int]:

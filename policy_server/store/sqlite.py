@@ -30,6 +30,7 @@ from ..config import StorageConfig
 from ..model import History, KnownOrigin, Notice, Reason
 from ..policy import KNOWN
 from .base import (
+    Contact,
     Decide,
     Delivery,
     DeliveryResult,
@@ -53,6 +54,8 @@ class _RecordOp:
     channels: Sequence[str]
     touch_after: float
     deadline_s: float
+    hold_s: float
+    coalesce_s: float
     future: asyncio.Future[Outcome] = field(repr=False)
 
 
@@ -103,6 +106,7 @@ def _notice_from_payload(payload: str) -> Notice:
         as_org=data["as_org"],
         prefix=data["prefix"],
         history=tuple(data.get("history", ())),
+        protocols=tuple(data.get("protocols", ())),
     )
 
 
@@ -130,11 +134,20 @@ _UPSERT_ACCOUNT = (
 )
 _COUNT_FAILURE = "UPDATE accounts SET failures = failures + 1, last_failure = ? WHERE account = ?"
 _INSERT_NOTICE = (
-    "INSERT INTO notices (id, account, created, reasons, payload) VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO notices (id, account, created, reasons, payload, origin_key)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
 )
 _INSERT_DELIVERY = (
-    "INSERT INTO deliveries (notice_id, channel, status, next_attempt, deadline, created,"
-    " updated) VALUES (?, ?, 'queued', ?, ?, ?, ?)"
+    "INSERT INTO deliveries (notice_id, channel, account, status, next_attempt, deadline,"
+    " created, updated) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)"
+)
+# The newest notice about this origin that some channel has not delivered yet.
+_PENDING_NOTICE = (
+    "SELECT n.id, n.payload FROM notices n"
+    " WHERE n.account = ? AND n.origin_key = ? AND n.created >= ?"
+    " AND EXISTS (SELECT 1 FROM deliveries d WHERE d.notice_id = n.id"
+    "  AND d.status IN ('queued', 'sending'))"
+    " ORDER BY n.created DESC LIMIT 1"
 )
 _CLAIM = (
     "UPDATE deliveries SET status = 'sending', claimed_by = ?, lease_until = ?,"
@@ -166,7 +179,27 @@ _FINISH = {
         "UPDATE deliveries SET status = 'dead', last_error = ?, claimed_by = NULL,"
         " lease_until = NULL, updated = ? WHERE notice_id = ? AND channel = ? AND claimed_by = ?"
     ),
+    "undeliverable": (
+        "UPDATE deliveries SET status = 'undeliverable', last_error = ?, claimed_by = NULL,"
+        " lease_until = NULL, updated = ? WHERE notice_id = ? AND channel = ? AND claimed_by = ?"
+    ),
+    # not an attempt: give back the attempt the claim counted
+    "deferred": (
+        "UPDATE deliveries SET status = 'queued', last_error = ?, next_attempt = ?,"
+        " attempts = max(attempts - 1, 0), claimed_by = NULL, lease_until = NULL, updated = ?"
+        " WHERE notice_id = ? AND channel = ? AND claimed_by = ?"
+    ),
 }
+# A folded delivery is either still queued or claimed by the owner that sent the notice.
+_FOLD = (
+    "UPDATE deliveries SET status = 'folded', folded_into = ?, last_error = NULL, updated = ?,"
+    " claimed_by = NULL, lease_until = NULL WHERE notice_id = ? AND channel = ?"
+    " AND (status = 'queued' OR (status = 'sending' AND claimed_by = ?))"
+)
+
+
+def origin_key(prefix: str, country: str | None, provider: str | None) -> str:
+    return f"{prefix}|{country or ''}|{provider or ''}"
 
 
 _P = ParamSpec("_P")
@@ -332,9 +365,13 @@ class SQLiteStore(Store):
         *,
         touch_after: float,
         deadline_s: float,
+        hold_s: float = 0.0,
+        coalesce_s: float = 0.0,
     ) -> Outcome:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._submit(_RecordOp(login, decide, channels, touch_after, deadline_s, future))
+        self._submit(
+            _RecordOp(login, decide, channels, touch_after, deadline_s, hold_s, coalesce_s, future)
+        )
         return await future
 
     async def record_failure(self, account: str, at: float) -> None:
@@ -442,6 +479,14 @@ class SQLiteStore(Store):
             history = History(login.account, tuple(known))
             decision = op.decide(history, login.origin)
             existing = history.find(login.origin)
+            origin = login.origin
+            key = origin_key(origin.prefix, origin.country, origin.provider)
+            if (
+                existing is not None
+                and not decision.unusual
+                and login.at - existing.first_seen < op.coalesce_s
+            ):
+                await self._join_pending(conn, login, key, login.at - op.coalesce_s)
             if (
                 existing is not None
                 and not decision.unusual
@@ -449,7 +494,6 @@ class SQLiteStore(Store):
             ):
                 results.append(Outcome(decision=decision))
                 continue
-            origin = login.origin
             origin_rows.append(
                 (
                     login.account,
@@ -478,6 +522,7 @@ class SQLiteStore(Store):
                     as_org=origin.as_org,
                     prefix=origin.prefix,
                     history=tuple(origin_snapshot(k) for k in history.origins),
+                    protocols=(login.protocol,),
                 )
                 notice_id = notice.id
                 notice_rows.append(
@@ -487,12 +532,14 @@ class SQLiteStore(Store):
                         login.at,
                         json.dumps([r.value for r in notice.reasons]),
                         _notice_payload(notice),
+                        key,
                     )
                 )
                 deadline = login.at + op.deadline_s
+                first_try = login.at + op.hold_s
                 for channel in op.channels:
                     delivery_rows.append(
-                        (notice.id, channel, login.at, deadline, login.at, login.at)
+                        (notice.id, channel, login.account, first_try, deadline, login.at, login.at)
                     )
             results.append(Outcome(decision=decision, notice_id=notice_id, wrote=True))
         for sql, rows in (
@@ -505,6 +552,23 @@ class SQLiteStore(Store):
             if rows:
                 await conn.executemany(sql, rows)
         return results
+
+    async def _join_pending(
+        self, conn: aiosqlite.Connection, login: SuccessfulLogin, key: str, since: float
+    ) -> None:
+        """Name this login's service in the pending notice about the same origin, if any."""
+        async with conn.execute(_PENDING_NOTICE, (login.account, key, since)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return
+        data = json.loads(row[1])
+        protocols = list(data.get("protocols") or [data["protocol"]])
+        if login.protocol and login.protocol not in protocols:
+            data["protocols"] = [*protocols, login.protocol]
+            await conn.execute(
+                "UPDATE notices SET payload = ? WHERE id = ?",
+                (json.dumps(data, ensure_ascii=False, separators=(",", ":")), row[0]),
+            )
 
     # -- the queue -------------------------------------------------------------------------
 
@@ -551,16 +615,19 @@ class SQLiteStore(Store):
         if not results:
             return
         conn = self._conn(self._writer)
-        grouped: dict[str, list[tuple[Any, ...]]] = {"sent": [], "queued": [], "dead": []}
+        grouped: dict[str, list[tuple[Any, ...]]] = {status: [] for status in _FINISH}
+        folds: list[tuple[Any, ...]] = []
         for r in results:
             if r.status == "sent":
                 grouped["sent"].append((now, r.notice_id, r.channel, owner))
-            elif r.status == "queued":
-                grouped["queued"].append(
+            elif r.status in ("queued", "deferred"):
+                grouped[r.status].append(
                     (r.error, r.next_attempt, now, r.notice_id, r.channel, owner)
                 )
-            elif r.status == "dead":
-                grouped["dead"].append((r.error, now, r.notice_id, r.channel, owner))
+            elif r.status in ("dead", "undeliverable"):
+                grouped[r.status].append((r.error, now, r.notice_id, r.channel, owner))
+            elif r.status == "folded":
+                folds.append((r.folded_into, now, r.notice_id, r.channel, owner))
             else:
                 raise ValueError(f"unknown delivery status {r.status!r}")
         async with self._write_lock:
@@ -569,11 +636,122 @@ class SQLiteStore(Store):
                 for status, rows in grouped.items():
                     if rows:
                         await conn.executemany(_FINISH[status], rows)
+                if folds:
+                    await conn.executemany(_FOLD, folds)
                 await conn.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     await conn.execute("ROLLBACK")
                 raise
+
+    # -- recipients ------------------------------------------------------------------------
+
+    @_store_errors
+    async def contact(self, account: str) -> Contact | None:
+        sql = "SELECT email, phone, language, timezone FROM contacts WHERE account = ?"
+        async with self._conn(self._reader).execute(sql, (account,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return Contact(account, row[0], row[1], row[2], row[3])
+
+    async def _write(self, sql_rows: Sequence[tuple[str, Sequence[tuple[Any, ...]]]]) -> int:
+        """Run statements in one transaction on the write connection; total rows changed."""
+        conn = self._conn(self._writer)
+        changed = 0
+        async with self._write_lock:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, rows in sql_rows:
+                    for row in rows:
+                        async with conn.execute(sql, row) as cur:
+                            changed += max(cur.rowcount, 0)
+                await conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await conn.execute("ROLLBACK")
+                raise
+        return changed
+
+    @_store_errors
+    async def upsert_contacts(self, contacts: Sequence[Contact], now: float) -> int:
+        sql = (
+            "INSERT INTO contacts (account, email, phone, language, timezone, updated)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (account) DO UPDATE SET"
+            " email = excluded.email, phone = excluded.phone, language = excluded.language,"
+            " timezone = excluded.timezone, updated = excluded.updated"
+        )
+        rows = [(c.account, c.email, c.phone, c.language, c.timezone, now) for c in contacts]
+        return await self._write([(sql, rows)])
+
+    @_store_errors
+    async def remove_contact(self, account: str) -> bool:
+        return await self._write([("DELETE FROM contacts WHERE account = ?", [(account,)])]) > 0
+
+    # -- delivery rules --------------------------------------------------------------------
+
+    @_store_errors
+    async def sent_times(self, account: str, channel: str, since: float) -> list[float]:
+        sql = (
+            "SELECT updated FROM deliveries WHERE account = ? AND channel = ?"
+            " AND status = 'sent' AND updated >= ? ORDER BY updated"
+        )
+        async with self._conn(self._reader).execute(sql, (account, channel, since)) as cur:
+            return [row[0] for row in await cur.fetchall()]
+
+    @_store_errors
+    async def waiting_notices(self, account: str, channel: str, until: float) -> list[Notice]:
+        sql = (
+            "SELECT n.payload FROM deliveries d JOIN notices n ON n.id = d.notice_id"
+            " WHERE d.account = ? AND d.channel = ? AND d.status = 'queued' AND n.created <= ?"
+            " ORDER BY n.created"
+        )
+        async with self._conn(self._reader).execute(sql, (account, channel, until)) as cur:
+            return [_notice_from_payload(row[0]) for row in await cur.fetchall()]
+
+    # -- operators -------------------------------------------------------------------------
+
+    @_store_errors
+    async def notice_detail(self, notice_id: str) -> tuple[Notice, list[dict[str, Any]]] | None:
+        reader = self._conn(self._reader)
+        async with reader.execute("SELECT payload FROM notices WHERE id = ?", (notice_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        sql = (
+            "SELECT channel, status, attempts, next_attempt, deadline, last_error, folded_into,"
+            " updated FROM deliveries WHERE notice_id = ? ORDER BY channel"
+        )
+        keys = (
+            "channel",
+            "status",
+            "attempts",
+            "next_attempt",
+            "deadline",
+            "last_error",
+            "folded_into",
+            "updated",
+        )
+        async with reader.execute(sql, (notice_id,)) as cur:
+            deliveries = [dict(zip(keys, r, strict=True)) for r in await cur.fetchall()]
+        return _notice_from_payload(row[0]), deliveries
+
+    @_store_errors
+    async def retry(self, notice_id: str, now: float, deadline: float) -> int:
+        sql = (
+            "UPDATE deliveries SET status = 'queued', next_attempt = ?,"
+            " deadline = max(deadline, ?), updated = ?"
+            " WHERE notice_id = ? AND status IN ('dead', 'undeliverable')"
+        )
+        return await self._write([(sql, [(now, deadline, now, notice_id)])])
+
+    @_store_errors
+    async def purge(self, before: float) -> int:
+        sql = (
+            "DELETE FROM notices WHERE created < ? AND NOT EXISTS (SELECT 1 FROM deliveries d"
+            " WHERE d.notice_id = notices.id AND d.status IN ('queued', 'sending'))"
+        )
+        return await self._write([(sql, [(before,)])])
 
 
 def _remember(

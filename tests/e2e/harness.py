@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -134,12 +135,17 @@ class PolicyService:
     """``policy-server serve`` as a child process with its own config and SQLite file."""
 
     def __init__(
-        self, directory: Path, geo: dict[str, Path], sink_url: str, api_header: str = ""
+        self,
+        directory: Path,
+        geo: dict[str, Path],
+        sink_url: str,
+        api_header: str = "",
+        hold_s: float = 0.0,
     ) -> None:
         self.directory = directory
         self.port = free_port()
         self.db = directory / "policy.sqlite3"
-        # stderr carries the service's log lines; stdout is kept apart so tests can tell them apart
+        # The service logs to stderr: a file of its own, so assertions read exactly its log.
         self.log_path = directory / "policy-server.stderr"
         self.stdout_path = directory / "policy-server.stdout"
         self.config = directory / "policy.toml"
@@ -149,7 +155,6 @@ class PolicyService:
 listen = "127.0.0.1:{self.port}"
 api_header = "{api_header}"
 request_budget_ms = 500
-access_log = true
 [geoip]
 country_db = "{geo["country_mmdb"]}"
 asn_db = "{geo["asn_mmdb"]}"
@@ -165,6 +170,10 @@ poll_interval_s = 0.1
 backoff_base_s = 0.1
 backoff_max_s = 1.0
 lease_s = 5.0
+[delivery]
+# no wait before the first delivery unless a test coalesces; no per-account limit
+hold_s = {hold_s}
+throttle = []
 [[channels]]
 type = "webhook"
 url = "{sink_url}"
@@ -195,22 +204,32 @@ url = "{sink_url}"
             )
         wait_until(self.ready, 30, "policy-server to answer")
 
+    def post(self, command: str, payload: dict[str, Any], timeout: float = 1.0) -> int:
+        """POST a request as Dovecot would and return the HTTP status (OSError: no answer)."""
+        request = urllib.request.Request(
+            f"{self.url}?command={command}",
+            data=json.dumps(payload).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            return exc.code
+
     def ready(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"policy-server exited: {self.log()}")
-        body = json.dumps(
-            {"login": "probe", "remote": "127.0.0.1", "protocol": "imap", "tls": False}
-        )
-        request = urllib.request.Request(
-            self.url + "?command=allow", data=body.encode(), method="POST"
-        )
+        probe = {"login": "probe", "remote": "127.0.0.1", "protocol": "imap", "tls": False}
         try:
-            with urllib.request.urlopen(request, timeout=1) as resp:
-                return bool(resp.status == 200)
-        except OSError as exc:
-            # 401 means it is up but wants the api header; that is ready too
-            return getattr(exc, "code", None) == 401
+            status = self.post("allow", probe)
+        except OSError:
+            return False
+        # 401 means it is up but wants the api header; that is ready too
+        return status in (200, 401)
 
     def stop(self) -> None:
         stop_process(self.proc)
@@ -226,14 +245,6 @@ url = "{sink_url}"
     def log(self) -> str:
         """Everything the service wrote to stderr so far (its log)."""
         return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def dovecot_requests(self, command: str) -> int:
-        """How many ``command`` requests from Dovecot's HTTP client the access log shows."""
-        return sum(
-            1
-            for line in self.log().splitlines()
-            if f"POST /?command={command} " in line and "dovecot/auth-policy-client" in line
-        )
 
     def query(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
         with sqlite3.connect(self.db, timeout=5) as conn:
@@ -359,3 +370,7 @@ service submission-login {{
         if not self.log_path.exists():
             return ""
         return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def policy_lines(self, user: str) -> list[str]:
+        """The auth process's policy log lines for ``user`` (detailed with ``auth_debug``)."""
+        return [line for line in self.log().splitlines() if f"policy({user}," in line]

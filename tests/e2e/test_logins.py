@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from clients import (
     doveadm_auth_test,
     imap_login,
@@ -11,6 +12,8 @@ from clients import (
 )
 from harness import wait_until
 from world import World
+
+pytestmark = pytest.mark.e2e
 
 
 def login_recorded(world: World, user: str, before: int) -> None:
@@ -24,6 +27,7 @@ def test_imap_first_repeat_country_provider_ipv6_unknown(world: World) -> None:
 
     assert imap_login(d.imap_port, user, pw, "203.0.113.7")
     (first,) = sink.wait_for(user, 1)
+    assert first["login"] == user
     assert first["reasons"] == ["first_use"]
     assert (first["protocol"], first["remote"], first["country"], first["asn"]) == (
         "imap",
@@ -41,7 +45,7 @@ def test_imap_first_repeat_country_provider_ipv6_unknown(world: World) -> None:
     assert imap_login(d.imap_port, user, pw, "198.51.100.9")
     second = sink.wait_for(user, 2)[1]
     assert "new_country" in second["reasons"]
-    assert (second["country"], second["asn"]) == ("US", 64510)
+    assert (second["protocol"], second["country"], second["asn"]) == ("imap", "US", 64510)
 
     assert imap_login(d.imap_port, user, pw, "203.0.113.200")
     third = sink.wait_for(user, 3)[2]
@@ -50,6 +54,7 @@ def test_imap_first_repeat_country_provider_ipv6_unknown(world: World) -> None:
 
     assert imap_login(d.imap_port, user, pw, "2001:db8:2::5")
     fourth = sink.wait_for(user, 4)[3]
+    assert "new_country" in fourth["reasons"]
     assert fourth["remote"] == "2001:db8:2::5"
     assert (fourth["country"], fourth["asn"]) == ("FR", 64530)
 
@@ -63,7 +68,13 @@ def test_pop3_with_xclient(world: World) -> None:
     d = world.dovecot
     assert pop3_login(d.pop3_port, "user1", d.password("user1"), "192.0.2.44")
     (notice,) = world.sink.wait_for("user1")
-    assert (notice["protocol"], notice["remote"], notice["country"]) == ("pop3", "192.0.2.44", "DE")
+    assert (notice["login"], notice["reasons"]) == ("user1", ["first_use"])
+    assert (notice["protocol"], notice["remote"], notice["country"], notice["asn"]) == (
+        "pop3",
+        "192.0.2.44",
+        "DE",
+        64520,
+    )
     assert "POP3" in notice["message"]
 
 
@@ -71,7 +82,13 @@ def test_submission_with_xclient(world: World) -> None:
     d = world.dovecot
     assert submission_login(d.submission_port, "user2", d.password("user2"), "198.51.100.23")
     (notice,) = world.sink.wait_for("user2")
-    assert (notice["protocol"], notice["country"], notice["asn"]) == ("submission", "US", 64510)
+    assert (notice["login"], notice["reasons"]) == ("user2", ["first_use"])
+    assert (notice["protocol"], notice["remote"], notice["country"], notice["asn"]) == (
+        "submission",
+        "198.51.100.23",
+        "US",
+        64510,
+    )
     assert "SMTP" in notice["message"]
 
 
@@ -79,7 +96,13 @@ def test_smtp_auth_as_postfix_does_it(world: World) -> None:
     d = world.dovecot
     assert postfix_sasl_auth(d.base_dir, "user3", d.password("user3"), "203.0.113.99")
     (notice,) = world.sink.wait_for("user3")
-    assert (notice["protocol"], notice["remote"], notice["asn"]) == ("smtp", "203.0.113.99", 64500)
+    assert (notice["login"], notice["reasons"]) == ("user3", ["first_use"])
+    assert (notice["protocol"], notice["remote"], notice["country"], notice["asn"]) == (
+        "smtp",
+        "203.0.113.99",
+        "JP",
+        64500,
+    )
     assert "SMTP" in notice["message"]
 
 
@@ -87,11 +110,22 @@ def test_doveadm_auth_test(world: World) -> None:
     d = world.dovecot
     assert doveadm_auth_test(d.config, d.base_dir, "user4", d.password("user4"), "2001:db8:1::77")
     (notice,) = world.sink.wait_for("user4")
-    assert (notice["protocol"], notice["remote"], notice["country"]) == (
+    assert (notice["login"], notice["reasons"]) == ("user4", ["first_use"])
+    assert (notice["protocol"], notice["remote"], notice["country"], notice["asn"]) == (
         "doveadm",
         "2001:db8:1::77",
         "JP",
+        64500,
     )
+
+
+def test_doveadm_auth_test_names_the_service_it_is_given(world: World) -> None:
+    d = world.dovecot
+    assert doveadm_auth_test(
+        d.config, d.base_dir, "user7", d.password("user7"), "192.0.2.77", service="imap"
+    )
+    (notice,) = world.sink.wait_for("user7")
+    assert (notice["protocol"], notice["remote"], notice["country"]) == ("imap", "192.0.2.77", "DE")
 
 
 def test_wrong_password_and_unknown_user_change_nothing(world: World) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,16 +12,19 @@ from clients import imap_login
 from harness import wait_until
 from world import World, start_world, stop_world
 
+pytestmark = pytest.mark.e2e
+
 # Dovecot sends allow before and after the password check only when asked; turn both on here so
 # that logins really wait on the service.
 CHECKS = {"auth_policy_check_before_auth": "yes", "auth_policy_check_after_auth": "yes"}
 
+MakeWorld = Callable[..., World]
 
 _counter = itertools.count(1)
 
 
 @pytest.fixture
-def fresh(e2e_dir: Path, geo: dict[str, Path]) -> Iterator[object]:
+def fresh(e2e_dir: Path, geo: dict[str, Path]) -> Iterator[MakeWorld]:
     worlds: list[World] = []
 
     def make(**kwargs: str) -> World:
@@ -35,66 +38,106 @@ def fresh(e2e_dir: Path, geo: dict[str, Path]) -> Iterator[object]:
         stop_world(world)
 
 
-def test_api_header_on_both_sides(fresh: object) -> None:
-    world = fresh(api_header="X-API-Key: s3cret", dovecot_header="X-API-Key: s3cret", **CHECKS)  # type: ignore[operator]
+def test_api_header_on_both_sides(fresh: MakeWorld) -> None:
+    # auth_debug makes Dovecot log each policy request and the status it parsed from the answer
+    world = fresh(
+        api_header="X-API-Key: s3cret",
+        dovecot_header="X-API-Key: s3cret",
+        auth_debug="yes",
+        **CHECKS,
+    )
     d = world.dovecot
     refused_before = world.service.log().count("refused request")  # the harness's own probe
     assert imap_login(d.imap_port, "bob", d.password("bob"), "203.0.113.8")
     (notice,) = world.sink.wait_for("bob")
-    assert notice["reasons"] == ["first_use"]
+    assert (notice["reasons"], notice["protocol"], notice["asn"]) == (["first_use"], "imap", 64500)
     assert world.service.log().count("refused request") == refused_before
 
+    # all three request kinds went out and were answered: allow, allow, report
+    lines = wait_until(
+        lambda: (
+            [line for line in d.policy_lines("bob") if "report action finished" in line]
+            and d.policy_lines("bob")
+        ),
+        10,
+        "Dovecot to finish the report",
+    )
+    assert sum("Policy request" in line and "command=allow" in line for line in lines) == 2
+    assert sum("Policy request" in line and "command=report" in line for line in lines) == 1
+    assert sum(line.endswith("Policy response 0") for line in lines) == 2
+    assert not [line for line in lines if "HTTP error" in line]
 
-def test_bare_api_header_value_is_sent_as_x_api_key(fresh: object) -> None:
-    world = fresh(api_header="s3cret", dovecot_header="s3cret")  # type: ignore[operator]
+
+def test_bare_api_header_value_is_sent_as_x_api_key(fresh: MakeWorld) -> None:
+    world = fresh(api_header="s3cret", dovecot_header="s3cret")
     d = world.dovecot
     assert imap_login(d.imap_port, "bob", d.password("bob"), "203.0.113.8")
-    world.sink.wait_for("bob")
+    (notice,) = world.sink.wait_for("bob")
+    assert notice["reasons"] == ["first_use"]
 
 
-def test_wrong_api_header_is_refused_and_logins_still_succeed(fresh: object) -> None:
-    world = fresh(api_header="X-API-Key: s3cret", dovecot_header="X-API-Key: wrong", **CHECKS)  # type: ignore[operator]
+def test_wrong_api_header_is_refused_and_logins_still_succeed(fresh: MakeWorld) -> None:
+    world = fresh(api_header="X-API-Key: s3cret", dovecot_header="X-API-Key: wrong", **CHECKS)
     d, s = world.dovecot, world.service
     assert imap_login(d.imap_port, "bob", d.password("bob"), "203.0.113.8")
-    wait_until(lambda: "401" in d.log(), 10, "Dovecot to log the 401 it got")
+    # allow, allow and report were all refused; once the report's 401 is logged nothing is pending
+    wait_until(
+        lambda: d.log().count("Policy server HTTP error: 401") >= 3, 10, "Dovecot to log 3 x 401"
+    )
     assert "unauthorized" in s.log()
     assert s.query("SELECT count(*) FROM accounts") == [(0,)]
     assert world.sink.received() == []
 
 
-def test_frozen_or_stopped_service_never_blocks_logins(fresh: object) -> None:
-    world = fresh(auth_policy_server_timeout_msecs="500", **CHECKS)  # type: ignore[operator]
+def test_frozen_or_stopped_service_never_blocks_logins(fresh: MakeWorld) -> None:
+    world = fresh(auth_policy_server_timeout_msecs="500", **CHECKS)
     d, s = world.dovecot, world.service
 
     s.freeze()
     try:
         started = time.monotonic()
         assert imap_login(d.imap_port, "carol", d.password("carol"), "203.0.113.9")
-        assert time.monotonic() - started >= 0.5  # Dovecot did wait for its timeout...
+        took = time.monotonic() - started
+        # Dovecot waited for its timeout on each allow check, then carried on
+        assert 0.5 <= took < 5, took
         wait_until(lambda: "timeout" in d.log().lower(), 10, "Dovecot to give up on the policy")
     finally:
-        s.thaw()  # ...and carried on; now the service catches up
+        s.thaw()
 
     assert imap_login(d.imap_port, "user10", d.password("user10"), "192.0.2.10")
-    world.sink.wait_for("user10")
+    (notice,) = world.sink.wait_for("user10")
+    assert (notice["reasons"], notice["country"]) == (["first_use"], "DE")
 
     s.stop()
     assert imap_login(d.imap_port, "user11", d.password("user11"), "192.0.2.11")
     s.start()
     assert imap_login(d.imap_port, "user12", d.password("user12"), "192.0.2.12")
     (notice,) = world.sink.wait_for("user12")
-    assert notice["country"] == "DE"
+    assert (notice["reasons"], notice["country"]) == (["first_use"], "DE")
 
 
-def test_multi_level_attributes_invalid_json(fresh: object) -> None:
+def test_multi_level_attributes_invalid_json(fresh: MakeWorld) -> None:
     attributes = (
         "login=%{requested_username} remote=%{rip} protocol=%s session_id=%{session} "
         "a/b/c=1 a/b/d=2 a/e=3"
     )
-    world = fresh(auth_policy_request_attributes=attributes)  # type: ignore[operator]
+    world = fresh(auth_policy_request_attributes=attributes)
     d, s = world.dovecot, world.service
     assert imap_login(d.imap_port, "bob", d.password("bob"), "203.0.113.8")
     wait_until(lambda: "invalid JSON" in s.log(), 10, "the service to log the bad body")
     assert "more than one '/'" in s.log()
-    assert s.ready()  # still up and answering
+    wait_until(lambda: "Policy server HTTP error: 400" in d.log(), 10, "Dovecot to see the 400")
     assert s.query("SELECT count(*) FROM accounts") == [(0,)]
+
+    # still up, and a well-formed report is handled as usual
+    report = {
+        "login": "bob",
+        "remote": "203.0.113.8",
+        "protocol": "imap",
+        "success": True,
+        "policy_reject": False,
+        "tls": False,
+    }
+    assert s.post("report", report, timeout=5) == 200
+    (notice,) = world.sink.wait_for("bob")
+    assert notice["reasons"] == ["first_use"]

@@ -23,12 +23,13 @@ def start_world(
     *,
     api_header: str = "",
     dovecot_header: str = "",
+    hold_s: float = 0.0,
     **policy: str,
 ) -> World:
     directory.mkdir(parents=True, exist_ok=True)
     sink = WebhookSink()
     sink.start()
-    service = PolicyService(directory, geo, sink.url, api_header=api_header)
+    service = PolicyService(directory, geo, sink.url, api_header=api_header, hold_s=hold_s)
     service.start()
     settings = example_policy_settings()
     settings["auth_policy_server_url"] = service.url

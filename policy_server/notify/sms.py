@@ -1,0 +1,96 @@
+"""Delivery of the short text to a phone number through an HTTP SMS gateway."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from ..config import SmsChannelConfig
+from ..model import Notice, Recipient
+from .channels import Channel
+from .errors import PermanentDeliveryError
+from .http import USER_AGENT, deliver, header_pair
+from .render import RenderedMessage
+
+
+def fill(templates: Mapping[str, str], values: Mapping[str, str]) -> dict[str, str]:
+    """Each body template with its ``{phone}``, ``{text}``, ``{id}``, ``{login}`` filled.
+
+    The config check allows only those names, so ``format_map`` cannot reach anything else.
+    """
+    return {key: template.format_map(values) for key, template in templates.items()}
+
+
+class SmsChannel(Channel):
+    """Calls the gateway once per notice; its HTTP status says delivered, retry or give up."""
+
+    recipient_kind = "phone"
+
+    def __init__(self, config: SmsChannelConfig) -> None:
+        self.name = config.name or config.type
+        self._config = config
+        self._url = URL(config.url)
+        self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
+        headers: CIMultiDict[str] = CIMultiDict({"User-Agent": USER_AGENT})
+        headers.update(config.headers)
+        secrets: list[str] = []
+        if config.auth_header:
+            name, value = header_pair(config.auth_header)
+            headers[name] = value
+            secrets.append(value)
+        if self._url.password:
+            secrets.append(self._url.password)
+        self._headers = headers
+        self._secrets = tuple(s for s in secrets if s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def request(
+        self, notice: Notice, message: RenderedMessage, phone: str
+    ) -> tuple[CIMultiDict[str], bytes | None, dict[str, str] | None]:
+        """Headers, body and query parameters of the gateway call for one notice."""
+        fields = fill(
+            self._config.body,
+            {"phone": phone, "text": message.short.strip(), "id": notice.id, "login": notice.login},
+        )
+        headers = CIMultiDict(self._headers)
+        if self._config.method == "GET":
+            return headers, None, fields
+        if self._config.body_format == "json":
+            headers["Content-Type"] = "application/json"
+            return headers, json.dumps(fields, ensure_ascii=False).encode("utf-8"), None
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+        return headers, str(URL.build(query=fields).query_string).encode("ascii"), None
+
+    async def send(
+        self, notice: Notice, message: RenderedMessage, recipient: Recipient | None = None
+    ) -> None:
+        if recipient is None or not recipient.address:
+            raise PermanentDeliveryError(f"sms {self.name}: no phone number")
+        if self._session is None or self._session.closed:
+            await self.open()
+        assert self._session is not None
+        headers, data, params = self.request(notice, message, recipient.address)
+        await deliver(
+            self._session,
+            f"sms {self.name}",
+            self._config.method,
+            self._url,
+            data=data,
+            params=params,
+            headers=headers,
+            client_timeout=self._timeout,
+            secrets=self._secrets,
+        )
