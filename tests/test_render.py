@@ -209,3 +209,92 @@ def test_configured_language_without_template(tmp_path: Path) -> None:
         Renderer(config(language="fr"))
     write_template(tmp_path, "fr", "Accès à {{ service_name }}\n")
     assert Renderer(config(language="fr", templates_dir=str(tmp_path))).default_language == "fr"
+
+
+def test_conf_templates_are_the_shipped_ones() -> None:
+    # conf/templates is where admins start overriding; it must not drift from what ships
+    root = Path(__file__).resolve().parent.parent
+    shipped = root / "policy_server" / "notify" / "templates"
+    copies = root / "conf" / "templates"
+    names = sorted(p.relative_to(shipped) for p in shipped.rglob("*.txt"))
+    assert names == sorted(p.relative_to(copies) for p in copies.rglob("*.txt"))
+    assert len(names) == 6
+    for name in names:
+        assert (copies / name).read_bytes() == (shipped / name).read_bytes(), name
+
+
+def test_subject_and_sms_text(notice: Notice) -> None:
+    renderer = Renderer(config(language="ja"))
+    both = replace(notice, protocols=("imap", "smtp"))
+    ja = renderer.render(both)
+    assert ja.language == "ja"
+    assert ja.subject == "【Example Mail】アクセスのお知らせ（日本）"
+    assert ja.short.startswith("【Example Mail】2020/03/11 05:12:44（日本時間）に日本から")
+    assert "IMAP/SMTPでアクセス" in ja.short
+    assert HELP_URL in ja.short
+    assert len(ja.short) < len(ja.body) < 400
+    en = renderer.render(both, Recipient(language="en"))
+    assert en.subject == "Access to Example Mail (IMAP/SMTP) from Japan"
+    assert "\n" not in en.subject
+    assert en.body.count("Example Mail (IMAP/SMTP)") == 1
+
+
+def test_recipient_time_zone_and_language(notice: Notice) -> None:
+    renderer = Renderer(config(language="ja", timezone="Asia/Tokyo"))
+    text = renderer.render(notice, Recipient("a@example.jp", "en", "Europe/Paris")).body
+    assert "2020/03/10 21:12:44 (France Time)" in text
+    # an unknown zone in a contact falls back to the configured one
+    text = renderer.render(notice, Recipient("a@example.jp", "en", "Mars/Base")).body
+    assert "2020/03/11 05:12:44 (Japan Time)" in text
+
+
+def test_folded_notices_are_listed_oldest_first(notice: Notice) -> None:
+    older = [
+        replace(notice, id="a", time=datetime(2020, 3, 10, 19, 0, tzinfo=UTC), country="US"),
+        replace(
+            notice,
+            id="b",
+            time=datetime(2020, 3, 10, 18, 0, tzinfo=UTC),
+            country=None,
+            protocol="pop3",
+        ),
+    ]
+    renderer = Renderer(config(language="en"))
+    message = renderer.render(notice, folded=older)
+    assert (
+        "■ Earlier accesses from new places (held back, not notified before)\n"
+        "2020/03/11 03:00:00 Unknown (POP3)\n"
+        "2020/03/11 04:00:00 United States (IMAP)\n"
+    ) in message.body
+    assert "and 2 earlier" in message.short
+    assert "Earlier" not in renderer.render(notice).body
+    ja = Renderer(config(language="ja")).render(notice, folded=older)
+    assert "2020/03/11 04:00:00 アメリカ合衆国（IMAP）" in ja.body
+    assert "（ほか2件）" in ja.short
+
+
+def test_a_language_with_only_a_body_template(tmp_path: Path, notice: Notice) -> None:
+    write_template(tmp_path, "de", "Zugriff auf {{ service_name }}\nLand: {{ country_name }}\n")
+    message = Renderer(config(templates_dir=str(tmp_path))).render(notice, Recipient(language="de"))
+    # without subject.txt and sms.txt: the first line is the subject, the body is the SMS
+    assert message.subject == "Zugriff auf Example Mail"
+    assert message.short == message.body == "Zugriff auf Example Mail\nLand: Japan\n"
+    assert message.language == "de"
+
+
+def test_unknown_variable_in_an_sms_template_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "en").mkdir()
+    (tmp_path / "en" / "sms.txt").write_text("{{ phone_number }}\n", encoding="utf-8")
+    with pytest.raises(TemplateError) as info:
+        Renderer(config(templates_dir=str(tmp_path)))
+    assert "phone_number" in str(info.value)
+    assert str(tmp_path / "en" / "sms.txt") in str(info.value)
+
+
+def test_check_config_reports_a_broken_template(tmp_path: Path) -> None:
+    from policy_server.cli import main
+
+    write_template(tmp_path / "t", "en", "{{ customer }}\n")
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'[message]\ntemplates_dir = "{tmp_path / "t"}"\n', encoding="utf-8")
+    assert main(["check-config", "-c", str(conf)]) == 1
