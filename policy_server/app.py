@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -15,6 +16,7 @@ from .config import Config
 from .handlers import policy_endpoint
 from .notify.channels import Channel, build_channel
 from .notify.render import Renderer
+from .origin.networks import KnownNetworks, NetworksError
 from .origin.resolver import OriginResolver
 from .recorder import LoginRecorder
 from .stats import Stats
@@ -30,9 +32,37 @@ async def _origin_ctx(app: web.Application) -> AsyncIterator[None]:
     resolver = await asyncio.to_thread(OriginResolver.from_config, config.geoip)
     for part, source in resolver.describe().items():
         log.info("origin %s: %s", part, source)
+    # A broken list stops the start: running without the admin's trusted networks would
+    # notify everyone in them.
+    resolver.networks = KnownNetworks.load(config.networks)
+    if resolver.networks:
+        log.info("known networks: %d entries", len(resolver.networks))
     app[keys.RESOLVER] = resolver
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        # not in the main thread (or not on Unix): reload only by restart
+        loop.add_signal_handler(signal.SIGHUP, reload_networks, app)
     yield
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.remove_signal_handler(signal.SIGHUP)
     resolver.close()
+
+
+def reload_networks(app: web.Application) -> bool:
+    """Read the known-network lists again; a broken list keeps the ones in use (logged)."""
+    resolver = app[keys.RESOLVER]
+    try:
+        networks = KnownNetworks.load(app[keys.CONFIG].networks)
+    except NetworksError as exc:
+        log.error(
+            "known networks not reloaded, keeping the %d entries in use: %s",
+            len(resolver.networks),
+            exc,
+        )
+        return False
+    resolver.networks = networks
+    log.info("known networks reloaded: %d entries", len(networks))
+    return True
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -107,9 +107,56 @@ class AccountsConfig(_Model):
     strip: bool = True
 
 
+NETWORK_CATEGORIES = ("trusted", "vpn", "hosting", "mail-app", "corporate")
+
+
 class PolicyConfig(_Model):
-    notify: tuple[Reason, ...] = (Reason.FIRST_USE, Reason.NEW_COUNTRY, Reason.NEW_PROVIDER)
+    notify: tuple[Reason, ...] = (
+        Reason.FIRST_USE,
+        Reason.NEW_COUNTRY,
+        Reason.NEW_PROVIDER,
+        Reason.VIA_VPN,
+        Reason.VIA_HOSTING,
+    )
     touch_granularity_s: int = Field(default=3600, ge=0)
+    # new origins are learned silently while the account is younger than learning_days (since
+    # its first recorded login) or has fewer than learning_logins recorded logins; 0 = off
+    learning_days: float = Field(default=0.0, ge=0)
+    learning_logins: int = Field(default=0, ge=0)
+    # an origin the account has not used for this long, while it kept logging in from others,
+    # no longer counts as known; it is deleted after purge_after_days
+    forget_after_days: float = Field(default=180.0, gt=0)
+    purge_after_days: float = Field(default=365.0, gt=0)
+    # providers with the same AS organisation name in the data are one provider
+    same_org_same_provider: bool = True
+    # ASNs that belong together (a carrier's several networks): [[64500, 64501], [64510, 64511]]
+    provider_groups: tuple[tuple[int, ...], ...] = ()
+
+    @model_validator(mode="after")
+    def _check_ages(self) -> PolicyConfig:
+        if self.purge_after_days < self.forget_after_days:
+            raise ValueError("purge_after_days must not be shorter than forget_after_days")
+        seen: dict[int, int] = {}
+        for index, group in enumerate(self.provider_groups):
+            for asn in group:
+                if asn in seen and seen[asn] != index:
+                    raise ValueError(f"AS{asn} is in two provider_groups")
+                seen[asn] = index
+        return self
+
+
+class NetworksConfig(_Model):
+    # files of "<CIDR or AS number> <category> [label]" lines; reloaded on SIGHUP
+    files: tuple[str, ...] = ()
+    # the same lines written here
+    entries: tuple[str, ...] = ()
+
+
+class PrivacyConfig(_Model):
+    # full client addresses in stored notices are cut to their prefix after this many days
+    address_retention_days: float = Field(default=30.0, ge=0)
+    # when set, every report is appended here as a JSON line (for replay); rotate it like a log
+    events_path: str = ""
 
 
 class MessageConfig(_Model):
@@ -344,6 +391,8 @@ class Config(_Model):
     message: MessageConfig = MessageConfig()
     queue: QueueConfig = QueueConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    networks: NetworksConfig = NetworksConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     channels: tuple[ChannelConfig, ...] = (LogChannelConfig(type="log", name="log"),)
 
     @model_validator(mode="before")

@@ -32,6 +32,11 @@ class Reason(enum.StrEnum):
     FIRST_USE = "first_use"
     NEW_COUNTRY = "new_country"
     NEW_PROVIDER = "new_provider"
+    # a new origin inside one of the admin's known networks, by its category
+    VIA_VPN = "via_vpn"
+    VIA_HOSTING = "via_hosting"
+    VIA_MAIL_APP = "via_mail_app"
+    VIA_CORPORATE = "via_corporate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +71,9 @@ class Origin:
     country: str | None = None
     asn: int | None = None
     as_org: str | None = None
+    # the admin's known network the address is in: its category and label
+    network: str | None = None
+    network_label: str | None = None
 
     @property
     def provider(self) -> str | None:

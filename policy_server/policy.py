@@ -1,22 +1,40 @@
-"""The decision: a pure function of an account's history, a login's origin and the policy."""
+"""The decision: a pure function of an account's history, a login's origin, its time and the policy.
+
+Nothing here reads a clock or a file, so the same inputs always give the same decision (the
+replay command and the property tests rely on that).
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .config import PolicyConfig
-from .model import History, Origin, Reason
+from .model import History, KnownOrigin, Origin, Reason
+
+DAY_S = 86400.0
+
+# The reason a new origin inside a known network gets instead of new_country / new_provider.
+NETWORK_REASONS = {
+    "vpn": Reason.VIA_VPN,
+    "hosting": Reason.VIA_HOSTING,
+    "mail-app": Reason.VIA_MAIL_APP,
+    "corporate": Reason.VIA_CORPORATE,
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What the policy made of one successful login.
 
-    ``reasons`` are all reasons found; ``notify`` the subset the config says to notify.
+    ``reasons`` are all reasons found; ``notify`` the subset that makes a notice; ``note`` says
+    why a found reason makes none (learning, a trusted network, ``policy.notify``).
     """
 
     reasons: tuple[Reason, ...] = ()
     notify: tuple[Reason, ...] = ()
+    note: str = ""
 
     @property
     def unusual(self) -> bool:
@@ -26,29 +44,105 @@ class Decision:
 KNOWN = Decision()
 
 
-def decide(history: History, origin: Origin, policy: PolicyConfig) -> Decision:
-    """Reason codes for a successful login from ``origin``.
+def normalize_org(name: str) -> str:
+    """An AS organisation name reduced for comparison: "NTT DOCOMO, INC." == "ntt docomo inc"."""
+    return re.sub(r"[^0-9a-z]+", "", name.casefold())
+
+
+def _asn(provider: str | None) -> int | None:
+    if provider and provider.startswith("AS") and provider[2:].isdigit():
+        return int(provider[2:])
+    return None
+
+
+def provider_identities(
+    provider: str | None, as_org: str | None, policy: PolicyConfig
+) -> frozenset[str]:
+    """Every name a provider is known by: its ASN, its ASN group, its organisation."""
+    if provider is None:
+        return frozenset()
+    names = {provider}
+    asn = _asn(provider)
+    if asn is not None:
+        for index, group in enumerate(policy.provider_groups):
+            if asn in group:
+                names.add(f"group:{index}")
+    if policy.same_org_same_provider and as_org and normalize_org(as_org):
+        names.add(f"org:{normalize_org(as_org)}")
+    return frozenset(names)
+
+
+def live_origins(history: History, policy: PolicyConfig) -> list[KnownOrigin]:
+    """The origins that still count as known.
+
+    An origin ages by how long the account has been used *without it*: its last use compared
+    with the account's latest use of any origin, not with the clock. A user back from a long
+    pause finds their usual origins known; one who moved on forgets the old ones.
+    """
+    if not history.origins:
+        return []
+    latest = max(known.last_seen for known in history.origins)
+    horizon = policy.forget_after_days * DAY_S
+    return [known for known in history.origins if latest - known.last_seen <= horizon]
+
+
+def learning(history: History, at: float, policy: PolicyConfig) -> bool:
+    """Whether the account is still in its learning period."""
+    if not history.origins:
+        return False
+    if policy.learning_days > 0:
+        first = min(known.first_seen for known in history.origins)
+        if at - first < policy.learning_days * DAY_S:
+            return True
+    logins = sum(known.count for known in history.origins)
+    return policy.learning_logins > 0 and logins < policy.learning_logins
+
+
+def _new_reasons(live: Iterable[KnownOrigin], origin: Origin, policy: PolicyConfig) -> list[Reason]:
+    live = list(live)
+    found: list[Reason] = []
+    if origin.country is not None and all(known.country != origin.country for known in live):
+        found.append(Reason.NEW_COUNTRY)
+    mine = provider_identities(origin.provider, origin.as_org, policy)
+    if mine:
+        seen: set[str] = set()
+        for known in live:
+            seen |= provider_identities(known.provider, known.as_org, policy)
+        if not mine & seen:
+            found.append(Reason.NEW_PROVIDER)
+    return found
+
+
+def decide(history: History, origin: Origin, at: float, policy: PolicyConfig) -> Decision:
+    """Reason codes for a successful login from ``origin`` at ``at`` (unix time).
 
     * ``first_use``: the account has no history at all;
-    * ``new_country``: the country is known and the account was never seen from it;
-    * ``new_provider``: the provider (ASN, else AS organisation) is known and never seen.
+    * ``new_country``: the country is known and no live origin of the account has it;
+    * ``new_provider``: the provider is known and no live origin has it (or, as configured, its
+      ASN group or AS organisation);
+    * ``via_vpn`` and the other network reasons replace the two above for a new origin inside
+      an admin's known network; a ``trusted`` network never gives a reason.
 
     An unknown country or provider is never a reason by itself: unresolvable is not suspicious.
     """
+    if origin.network == "trusted":
+        return Decision(note=f"trusted network {origin.network_label or ''}".strip())
     if history.is_new:
         reasons: tuple[Reason, ...] = (Reason.FIRST_USE,)
-    elif history.find(origin) is not None:
-        return KNOWN
     else:
-        found: list[Reason] = []
-        if origin.country is not None and all(
-            known.country != origin.country for known in history.origins
-        ):
-            found.append(Reason.NEW_COUNTRY)
-        provider = origin.provider
-        if provider is not None and all(known.provider != provider for known in history.origins):
-            found.append(Reason.NEW_PROVIDER)
+        live = live_origins(history, policy)
+        exact = history.find(origin)
+        if exact is not None and exact in live:
+            return KNOWN
+        found = _new_reasons(live, origin, policy)
         if not found:
             return KNOWN
-        reasons = tuple(found)
-    return Decision(reasons, tuple(r for r in reasons if r in policy.notify))
+        via = NETWORK_REASONS.get(origin.network or "")
+        reasons = (via,) if via is not None else tuple(found)
+    notify = tuple(r for r in reasons if r in policy.notify)
+    note = ""
+    if reasons != (Reason.FIRST_USE,) and learning(history, at, policy):
+        notify, note = (), "learning"
+    elif not notify:
+        note = "not in policy.notify"
+    return Decision(reasons, notify, note)

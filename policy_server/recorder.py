@@ -38,7 +38,7 @@ class LoginRecorder:
         self._channels = tuple(channels)
         self._on_notice = on_notice
         policy = config.policy
-        self._decide: Decide = lambda history, origin: decide(history, origin, policy)
+        self._decide: Decide = lambda history, origin, at: decide(history, origin, at, policy)
 
     def origin(self, remote: str) -> Origin:
         return self._resolver().resolve(remote)

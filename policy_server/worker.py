@@ -22,9 +22,12 @@ from .model import Notice
 from .notify.channels import Channel
 from .notify.errors import DeliveryError, TemporaryDeliveryError
 from .notify.render import Renderer
+from .policy import DAY_S
 from .store.base import Delivery, DeliveryResult, Store, StoreError
 
 log = logging.getLogger("policy_server.worker")
+
+HOUSEKEEPING_INTERVAL_S = 3600.0
 
 
 def owner_token() -> str:
@@ -75,7 +78,11 @@ class Worker:
     async def run(self) -> None:
         """Claim and deliver until stopped; store errors are logged and retried."""
         log.info("delivery worker %s started", self.owner)
+        next_housekeeping = 0.0
         while not self._stopping.is_set():
+            if time.monotonic() >= next_housekeeping:
+                next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL_S
+                await self.housekeeping()
             try:
                 done = await self.run_once()
             except StoreError as exc:
@@ -87,6 +94,22 @@ class Worker:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self._config.poll_interval_s)
         log.info("delivery worker %s stopped", self.owner)
+
+    async def housekeeping(self) -> dict[str, int]:
+        """Cut old client addresses to their prefix and purge long-unused origins."""
+        privacy, policy = self._full.privacy, self._full.policy
+        try:
+            counts = await self._store.housekeeping(
+                time.time(),
+                privacy.address_retention_days * DAY_S,
+                policy.purge_after_days * DAY_S,
+            )
+        except StoreError as exc:
+            log.warning("housekeeping skipped: store unavailable: %s", exc)
+            return {}
+        if any(counts.values()):
+            log.info("housekeeping: %s", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        return counts
 
     async def run_once(self) -> int:
         """Claim one batch, deliver it, record the outcome; returns how many were claimed.

@@ -32,8 +32,8 @@ def login(account: str = "alice", o: Origin | None = None, at: float = 1000.0) -
     return SuccessfulLogin(account, account, "imap", o.address, o, at)
 
 
-def policy_decide(history: History, o: Origin):  # type: ignore[no-untyped-def]
-    return decide(history, o, POLICY)
+def policy_decide(history: History, o: Origin, at: float):  # type: ignore[no-untyped-def]
+    return decide(history, o, at, POLICY)
 
 
 async def record(store: Store, item: SuccessfulLogin, touch_after: float = 3600.0):  # type: ignore[no-untyped-def]
@@ -203,7 +203,7 @@ async def test_schema_version_recorded_once(tmp_path: Path) -> None:
     for _ in range(2):
         s = await open_store(config)
         await s.close()
-    assert rows(tmp_path / "m.sqlite3", "SELECT version FROM schema_version") == [(1,), (2,)]
+    assert rows(tmp_path / "m.sqlite3", "SELECT version FROM schema_version") == [(1,), (2,), (3,)]
 
 
 async def test_write_error_is_reported_to_the_caller(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from .backends import (
     open_asn_file,
     open_country_file,
 )
+from .networks import KnownNetworks
 
 log = logging.getLogger("policy_server.origin")
 
@@ -41,6 +42,8 @@ class OriginResolver:
         self._country = country
         self._asn = asn
         self._errors = RateLimitedLog(log)
+        #: the admin's known networks; replaced as a whole on reload
+        self.networks = KnownNetworks()
 
     @classmethod
     def from_config(cls, config: GeoipConfig) -> OriginResolver:
@@ -81,6 +84,7 @@ class OriginResolver:
                 asn, as_org = self._asn.asn(address)
             except LookupError_ as exc:
                 self._errors.log(logging.WARNING, "asn", "ASN lookup failed: %s", exc)
+        network = self.networks.match(address, asn) if self.networks else None
         return Origin(
             address=str(address),
             address_class=classify(address),
@@ -88,6 +92,8 @@ class OriginResolver:
             country=country,
             asn=asn,
             as_org=as_org,
+            network=network.category if network else None,
+            network_label=network.label if network else None,
         )
 
     def describe(self) -> dict[str, str]:

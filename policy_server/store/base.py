@@ -13,7 +13,8 @@ from typing import Any
 from ..model import History, KnownOrigin, Notice, Origin
 from ..policy import Decision
 
-Decide = Callable[[History, Origin], Decision]
+# (history, origin, login time) -> decision
+Decide = Callable[[History, Origin, float], Decision]
 
 
 class StoreError(Exception):
@@ -182,6 +183,24 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def purge(self, before: float) -> int:
         """Delete notices created before ``before`` with every delivery final; returns how many."""
+
+    # -- privacy and history ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def account_record(self, account: str, decisions: int = 50) -> dict[str, Any] | None:
+        """Everything stored about an account (row, contact, origins, recent decisions,
+        notices), as JSON-ready data; None when nothing is."""
+
+    @abc.abstractmethod
+    async def forget(self, account: str) -> dict[str, int]:
+        """Delete everything stored about an account in one transaction; rows per table."""
+
+    @abc.abstractmethod
+    async def housekeeping(
+        self, now: float, address_retention_s: float, purge_origins_after_s: float
+    ) -> dict[str, int]:
+        """Cut stored client addresses older than the retention to their prefix, and delete
+        origins unused for ``purge_origins_after_s`` of the account's activity."""
 
     @abc.abstractmethod
     async def outbox_counts(self) -> dict[str, int]:

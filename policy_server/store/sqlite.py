@@ -132,6 +132,10 @@ _UPSERT_ACCOUNT = (
     " ON CONFLICT (account) DO UPDATE SET"
     " last_seen = max(last_seen, excluded.last_seen), logins = logins + 1"
 )
+_INSERT_DECISION = (
+    "INSERT INTO decisions (account, at, protocol, prefix, country, provider, network, reasons,"
+    " notified, note, notice_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _COUNT_FAILURE = "UPDATE accounts SET failures = failures + 1, last_failure = ? WHERE account = ?"
 _INSERT_NOTICE = (
     "INSERT INTO notices (id, account, created, reasons, payload, origin_key)"
@@ -468,6 +472,7 @@ class SQLiteStore(Store):
         failure_rows: list[tuple[Any, ...]] = []
         notice_rows: list[tuple[Any, ...]] = []
         delivery_rows: list[tuple[Any, ...]] = []
+        decision_rows: list[tuple[Any, ...]] = []
         results: list[Outcome] = []
         for op in batch:
             if isinstance(op, _FailureOp):
@@ -477,7 +482,7 @@ class SQLiteStore(Store):
             login = op.login
             known = histories[login.account]
             history = History(login.account, tuple(known))
-            decision = op.decide(history, login.origin)
+            decision = op.decide(history, login.origin, login.at)
             existing = history.find(login.origin)
             origin = login.origin
             key = origin_key(origin.prefix, origin.country, origin.provider)
@@ -541,6 +546,22 @@ class SQLiteStore(Store):
                     delivery_rows.append(
                         (notice.id, channel, login.account, first_try, deadline, login.at, login.at)
                     )
+            if decision.reasons or (decision.note and existing is None):
+                decision_rows.append(
+                    (
+                        login.account,
+                        login.at,
+                        login.protocol,
+                        origin.prefix,
+                        origin.country,
+                        origin.provider,
+                        origin.network,
+                        json.dumps([r.value for r in decision.reasons]),
+                        1 if notice_id else 0,
+                        decision.note,
+                        notice_id,
+                    )
+                )
             results.append(Outcome(decision=decision, notice_id=notice_id, wrote=True))
         for sql, rows in (
             (_UPSERT_ORIGIN, origin_rows),
@@ -548,6 +569,7 @@ class SQLiteStore(Store):
             (_COUNT_FAILURE, failure_rows),
             (_INSERT_NOTICE, notice_rows),
             (_INSERT_DELIVERY, delivery_rows),
+            (_INSERT_DECISION, decision_rows),
         ):
             if rows:
                 await conn.executemany(sql, rows)
@@ -752,6 +774,107 @@ class SQLiteStore(Store):
             " WHERE d.notice_id = notices.id AND d.status IN ('queued', 'sending'))"
         )
         return await self._write([(sql, [(before,)])])
+
+    # -- privacy and history ---------------------------------------------------------------
+
+    async def _rows(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        async with self._conn(self._reader).execute(sql, params) as cur:
+            names = [column[0] for column in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
+
+    @_store_errors
+    async def account_record(self, account: str, decisions: int = 50) -> dict[str, Any] | None:
+        found = await self._rows(
+            "SELECT account, first_seen, last_seen, logins, failures, last_failure"
+            " FROM accounts WHERE account = ?",
+            (account,),
+        )
+        contact = await self.contact(account)
+        if not found and contact is None:
+            return None
+        origins = await self._rows(
+            "SELECT prefix, country, provider, as_org, first_seen, last_seen, count FROM origins"
+            " WHERE account = ? ORDER BY last_seen DESC",
+            (account,),
+        )
+        for row in origins:
+            row["country"] = row["country"] or None
+            row["provider"] = row["provider"] or None
+        recent = await self._rows(
+            "SELECT at, protocol, prefix, country, provider, network, reasons, notified, note,"
+            " notice_id FROM decisions WHERE account = ? ORDER BY at DESC LIMIT ?",
+            (account, decisions),
+        )
+        for row in recent:
+            row["reasons"] = json.loads(row["reasons"])
+            row["notified"] = bool(row["notified"])
+        notices = await self._rows(
+            "SELECT payload FROM notices WHERE account = ? ORDER BY created DESC", (account,)
+        )
+        return {
+            "account": found[0] if found else {"account": account},
+            "contact": None
+            if contact is None
+            else {
+                "email": contact.email,
+                "phone": contact.phone,
+                "language": contact.language,
+                "timezone": contact.timezone,
+            },
+            "origins": origins,
+            "decisions": recent,
+            "notices": [json.loads(row["payload"]) for row in notices],
+        }
+
+    @_store_errors
+    async def forget(self, account: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        conn = self._conn(self._writer)
+        async with self._write_lock:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                for table in ("origins", "decisions", "notices", "contacts", "accounts"):
+                    # deliveries go with their notices (ON DELETE CASCADE)
+                    async with conn.execute(
+                        f"DELETE FROM {table} WHERE account = ?",
+                        (account,),
+                    ) as cur:
+                        counts[table] = max(cur.rowcount, 0)
+                await conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await conn.execute("ROLLBACK")
+                raise
+        return counts
+
+    @_store_errors
+    async def housekeeping(
+        self, now: float, address_retention_s: float, purge_origins_after_s: float
+    ) -> dict[str, int]:
+        scrub = (
+            "UPDATE notices SET payload = json_set(payload, '$.remote',"
+            " json_extract(payload, '$.prefix')) WHERE created < ?"
+            " AND json_extract(payload, '$.remote') IS NOT json_extract(payload, '$.prefix')"
+        )
+        purge = (
+            "DELETE FROM origins WHERE last_seen < (SELECT max(o.last_seen) FROM origins o"
+            " WHERE o.account = origins.account) - ?"
+        )
+        conn = self._conn(self._writer)
+        counts: dict[str, int] = {}
+        async with self._write_lock:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                async with conn.execute(scrub, (now - address_retention_s,)) as cur:
+                    counts["addresses_cut"] = max(cur.rowcount, 0)
+                async with conn.execute(purge, (purge_origins_after_s,)) as cur:
+                    counts["origins_purged"] = max(cur.rowcount, 0)
+                await conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await conn.execute("ROLLBACK")
+                raise
+        return counts
 
 
 def _remember(
