@@ -13,6 +13,7 @@ from aiohttp import web
 from . import keys
 from .auth import Authenticator
 from .config import Config
+from .events import EventWriter
 from .handlers import policy_endpoint
 from .notify.channels import Channel, build_channel
 from .notify.render import Renderer
@@ -41,11 +42,19 @@ async def _origin_ctx(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         # not in the main thread (or not on Unix): reload only by restart
-        loop.add_signal_handler(signal.SIGHUP, reload_networks, app)
+        loop.add_signal_handler(signal.SIGHUP, reload, app)
     yield
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.remove_signal_handler(signal.SIGHUP)
     resolver.close()
+
+
+def reload(app: web.Application) -> None:
+    """SIGHUP: read the known-network lists again and reopen the events file (log rotation)."""
+    reload_networks(app)
+    recorder = app.get(keys.RECORDER)
+    if recorder is not None and recorder.events is not None:
+        recorder.events.close()
 
 
 def reload_networks(app: web.Application) -> bool:
@@ -91,12 +100,14 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     channels: dict[str, Channel] = app[keys.CHANNELS]
     worker = Worker(app[keys.STORE], channels, app[keys.RENDERER], config)
     app[keys.WORKER] = worker
+    events = EventWriter(config.privacy.events_path) if config.privacy.events_path else None
     app[keys.RECORDER] = LoginRecorder(
         config,
         app[keys.STORE],
         lambda: app[keys.RESOLVER],
         list(channels),
         on_notice=worker.wake,
+        events=events,
     )
     task = asyncio.create_task(worker.run(), name="delivery-worker")
     task.add_done_callback(_worker_ended)
@@ -105,6 +116,8 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     worker.stop()
     with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
         await asyncio.wait_for(task, timeout=10)
+    if events is not None:
+        events.close()
 
 
 def _worker_ended(task: asyncio.Task[None]) -> None:

@@ -154,6 +154,9 @@ class Notice:
     history: tuple[dict[str, Any], ...] = ()
     # every service seen from this origin while the notice waited (IMAP then SMTP, ...)
     protocols: tuple[str, ...] = ()
+    # the admin's known network the login came through (category, label), if any
+    network: str | None = None
+    network_label: str | None = None
 
     @property
     def services(self) -> tuple[str, ...]:
@@ -173,4 +176,6 @@ class Notice:
             "as_org": self.as_org,
             "time": self.time.isoformat(),
             "protocols": list(self.services),
+            "network": self.network,
+            "network_label": self.network_label,
         }

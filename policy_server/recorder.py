@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 from .accounts import normalize_login
 from .config import Config
+from .events import Event, EventWriter
 from .model import LoginEvent, Origin
 from .origin.resolver import OriginResolver
 from .policy import KNOWN, decide
@@ -31,12 +32,14 @@ class LoginRecorder:
         resolver: Callable[[], OriginResolver],
         channels: Sequence[str],
         on_notice: Callable[[], None] = lambda: None,
+        events: EventWriter | None = None,
     ) -> None:
         self._config = config
         self._store = store
         self._resolver = resolver
         self._channels = tuple(channels)
         self._on_notice = on_notice
+        self.events = events
         policy = config.policy
         self._decide: Decide = lambda history, origin, at: decide(history, origin, at, policy)
 
@@ -53,6 +56,10 @@ class LoginRecorder:
             account,
             event.remote,
         )
+        if self.events is not None:
+            self.events.write(
+                Event(event.login, event.remote, event.protocol, bool(event.success), at)
+            )
         if not event.success:
             await self._store.record_failure(account, at)
             return Outcome(decision=KNOWN, wrote=True)

@@ -161,6 +161,8 @@ async def test_payload_is_the_contract(sink: Sink, make_channel: Any, notice: No
         "as_org": "Example Networks, Inc.",
         "time": "2020-03-10T20:12:44+00:00",
         "protocols": ["imap"],
+        "network": None,
+        "network_label": None,
         "message": TEXT,
     }
     assert request.headers["Content-Type"] == "application/json"

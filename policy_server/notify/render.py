@@ -60,6 +60,8 @@ TEMPLATE_VARIABLES = frozenset(
         "as_org",
         "asn",
         "earlier",
+        "network",
+        "network_label",
     }
 )
 
@@ -93,6 +95,21 @@ SAMPLE_NOTICES = (
         as_org="Example Networks",
         prefix="203.0.113.0/24",
         protocols=("smtp", "imap"),
+    ),
+    Notice(
+        id="sample-network",
+        account="user@example.jp",
+        login="user@example.jp",
+        reasons=(Reason.VIA_VPN,),
+        protocol="imap",
+        remote="192.0.2.20",
+        time=datetime(2020, 3, 10, 22, 0, 0, tzinfo=UTC),
+        country="US",
+        asn=64510,
+        as_org="Example VPN",
+        prefix="192.0.2.0/24",
+        network="vpn",
+        network_label="Example VPN",
     ),
     Notice(
         id="sample-unresolved",
@@ -333,6 +350,8 @@ class Renderer:
             "as_org": notice.as_org,
             "asn": notice.asn,
             "earlier": earlier,
+            "network": notice.network,
+            "network_label": notice.network_label,
         }
 
     def render(

@@ -107,6 +107,8 @@ def _notice_from_payload(payload: str) -> Notice:
         prefix=data["prefix"],
         history=tuple(data.get("history", ())),
         protocols=tuple(data.get("protocols", ())),
+        network=data.get("network"),
+        network_label=data.get("network_label"),
     )
 
 
@@ -528,6 +530,8 @@ class SQLiteStore(Store):
                     prefix=origin.prefix,
                     history=tuple(origin_snapshot(k) for k in history.origins),
                     protocols=(login.protocol,),
+                    network=origin.network,
+                    network_label=origin.network_label,
                 )
                 notice_id = notice.id
                 notice_rows.append(

@@ -1,0 +1,350 @@
+"""History tools: bootstrap from logs, decisions explained, export and forget, retention,
+known networks, and replay of past logins through a candidate config."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from support import Sink
+from test_delivery import report
+
+from policy_server import keys
+from policy_server.app import create_app
+from policy_server.bootstrap import import_logs
+from policy_server.config import Config
+from policy_server.events import read_events
+from policy_server.history_commands import (
+    history_export,
+    history_forget,
+    history_show,
+    replay_configs,
+)
+from policy_server.origin.networks import KnownNetworks, NetworksError
+from policy_server.replay import replay
+from policy_server.store import open_store
+from policy_server.store.base import Contact, SuccessfulLogin
+
+Client = TestClient[web.Request, web.Application]
+LOGS = Path(__file__).parent / "data" / "dovecot-logins.log"
+TOKYO = ZoneInfo("Asia/Tokyo")
+DAY = 86400.0
+
+
+def rows(config: Config, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(config.storage.path) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+async def start(aiohttp_client: Any, config: Config) -> Client:
+    client: Client = await aiohttp_client(create_app(config))
+    return client
+
+
+async def post(client: Client, **fields: Any) -> None:
+    body = json.loads(report(**{k: v for k, v in fields.items() if k != "extra"}))
+    body.update(fields.get("extra", {}))
+    response = await client.post("/?command=report", data=json.dumps(body))
+    assert response.status == 200
+
+
+async def output(command: Callable[..., Any], *args: Any) -> tuple[int, str]:
+    out = io.StringIO()
+    code = await command(*args, out=out)
+    return code, out.getvalue()
+
+
+# -- bootstrap ---------------------------------------------------------------------------------
+
+
+async def test_import_log_builds_history_without_notices(
+    aiohttp_client: Any, make_config: Callable[..., Config], sink: Sink
+) -> None:
+    config = make_config(channels=[{"type": "webhook", "url": sink.url}])
+    stats = await import_logs(config, [LOGS], TOKYO)
+    assert (stats.recorded, stats.accounts) == (6, 3)
+    assert rows(config, "SELECT count(*) FROM notices") == [(0,)]
+    assert rows(config, "SELECT count(*) FROM decisions") == [(0,)]
+    assert rows(
+        config,
+        "SELECT prefix, country, provider, count FROM origins WHERE account = ?"
+        " ORDER BY first_seen",
+        "alice@example.jp",
+    ) == [("203.0.113.0/24", "JP", "AS64500", 1), ("192.0.2.0/24", "DE", "AS64520", 1)]
+    # first and last seen are the log's times, not the import's
+    ((first, last),) = rows(
+        config, "SELECT first_seen, last_seen FROM accounts WHERE account = 'alice@example.jp'"
+    )
+    assert time.time() - first > 20 * DAY or first < last
+
+    client = await start(aiohttp_client, config)
+    # day one: the usual places are known, so nothing is sent for them
+    await post(client, login="alice@example.jp", remote="203.0.113.50")
+    await post(client, login="bob", remote="198.51.100.77")
+    await post(client, login="carol@example.jp", remote="2001:db8:1::99")
+    await post(client, login="bob", remote="203.0.113.9")  # new for bob: JP, AS64500
+    (notice,) = await sink.wait_for(1)
+    assert (notice["login"], notice["reasons"]) == ("bob", ["new_country", "new_provider"])
+    await asyncio.sleep(0.3)
+    assert len(sink.received) == 1
+
+
+# -- explainability, export, forget ------------------------------------------------------------
+
+
+async def test_decisions_are_explained_and_exported(
+    aiohttp_client: Any, make_config: Callable[..., Config], sink: Sink
+) -> None:
+    config = make_config(
+        policy={"learning_logins": 3},
+        channels=[{"type": "webhook", "url": sink.url}],
+    )
+    client = await start(aiohttp_client, config)
+    secret = "{SSHA512}cGFzc3dvcmQtaGFzaA=="
+    await post(client, login="alice", remote="203.0.113.7", extra={"pwhash": secret})
+    await post(client, login="alice", remote="198.51.100.9")  # learning: 1 login recorded
+    await sink.wait_for(1)
+    await client.app[keys.STORE].upsert_contacts(
+        [Contact("alice", "a@example.jp", None, "en", "Europe/Paris")], time.time()
+    )
+
+    code, text = await output(history_show, config, "ALICE")
+    assert code == 0
+    assert "203.0.113.0/24       JP  AS64500" in text
+    assert "198.51.100.0/24      US  AS64510" in text
+    assert "first_use  notified" in text
+    assert "new_country,new_provider  not notified (learning)" in text
+    assert "contact: email a@example.jp, language en, timezone Europe/Paris" in text
+
+    code, text = await output(history_export, config, "alice")
+    exported = json.loads(text)
+    assert code == 0
+    assert exported["account"]["account"] == "alice"
+    assert exported["account"]["first_seen"].endswith("+00:00")
+    assert {o["prefix"] for o in exported["origins"]} == {"203.0.113.0/24", "198.51.100.0/24"}
+    assert [d["reasons"] for d in exported["decisions"]] == [
+        ["new_country", "new_provider"],
+        ["first_use"],
+    ]
+    assert exported["notices"][0]["reasons"] == ["first_use"]
+    assert exported["notices"][0]["history"] == []
+    assert exported["contact"]["email"] == "a@example.jp"
+
+    # pwhash is read from the request and dropped: not in the store, not in any log
+    await client.close()
+    for path in Path(config.storage.path).parent.glob("store.sqlite3*"):
+        assert secret.encode() not in path.read_bytes()
+
+    code, _ = await output(history_show, config, "nobody")
+    assert code == 1
+
+
+async def test_forget_removes_the_account_and_nothing_else(
+    aiohttp_client: Any, make_config: Callable[..., Config], sink: Sink
+) -> None:
+    config = make_config(channels=[{"type": "webhook", "url": sink.url}])
+    client = await start(aiohttp_client, config)
+    for login in ("alice", "bob"):
+        await post(client, login=login, remote="203.0.113.7")
+        await post(client, login=login, remote="198.51.100.9")
+    await sink.wait_for(4)
+    await client.app[keys.STORE].upsert_contacts(
+        [Contact("alice", "a@example.jp", None, None, None)], time.time()
+    )
+    await client.close()
+
+    code, text = await output(history_forget, config, "Alice")
+    assert code == 0
+    assert "2 origins" in text and "2 notices" in text and "1 contacts" in text
+    for table in ("accounts", "origins", "notices", "decisions", "contacts"):
+        left = rows(config, f"SELECT DISTINCT account FROM {table}")
+        assert left == ([] if table == "contacts" else [("bob",)]), table
+    assert rows(config, "SELECT count(*) FROM deliveries") == [(2,)]  # bob's two
+    code, _ = await output(history_forget, config, "alice")
+    assert code == 1
+
+
+# -- retention and aging -----------------------------------------------------------------------
+
+
+async def test_housekeeping_cuts_old_addresses_and_purges_forgotten_origins(
+    make_config: Callable[..., Config],
+) -> None:
+    config = make_config()
+    store = await open_store(config.storage)
+    resolver_origin = {
+        "203.0.113.7": ("203.0.113.0/24", "JP", 64500),
+        "198.51.100.9": ("198.51.100.0/24", "US", 64510),
+    }
+    from policy_server.model import AddressClass, Origin
+    from policy_server.policy import decide
+
+    now = time.time()
+
+    async def login(account: str, remote: str, at: float) -> None:
+        prefix, country, asn = resolver_origin[remote]
+        origin = Origin(remote, AddressClass.GLOBAL, prefix, country, asn, None)
+        await store.record_success(
+            SuccessfulLogin(account, account, "imap", remote, origin, at),
+            lambda h, o, t: decide(h, o, t, config.policy),
+            ["log"],
+            touch_after=0,
+            deadline_s=DAY,
+        )
+
+    try:
+        await login("old", "203.0.113.7", now - 400 * DAY)
+        await login("old", "198.51.100.9", now - 1 * DAY)  # 399 days later, elsewhere
+        await login("idle", "203.0.113.7", now - 500 * DAY)  # idle since: keeps its origin
+        await login("recent", "198.51.100.9", now - 3600)
+        counts = await store.housekeeping(now, 30 * DAY, 365 * DAY)
+    finally:
+        await store.close()
+    assert counts == {"addresses_cut": 2, "origins_purged": 1}
+    remotes = dict(
+        rows(
+            config,
+            "SELECT account || ':' || created, json_extract(payload, '$.remote') FROM notices",
+        )
+    )
+    # the two notices older than 30 days keep only the prefix
+    assert sorted(remotes.values()) == [
+        "198.51.100.9",
+        "198.51.100.9",
+        "203.0.113.0/24",
+        "203.0.113.0/24",
+    ]
+    assert rows(config, "SELECT account, prefix FROM origins ORDER BY account") == [
+        ("idle", "203.0.113.0/24"),
+        ("old", "198.51.100.0/24"),
+        ("recent", "198.51.100.0/24"),
+    ]
+
+
+# -- known networks ----------------------------------------------------------------------------
+
+
+def test_network_lists_are_checked_line_by_line(tmp_path: Path) -> None:
+    networks = KnownNetworks.parse(
+        [
+            ("f", 1, "# comment"),
+            ("f", 2, "192.0.2.0/24 trusted Head office  # inline comment"),
+            ("f", 3, "192.0.2.128/25 vpn"),
+            ("f", 4, "AS64510 mail-app Fetchers"),
+            ("f", 5, "2001:db8:2::/48 hosting"),
+        ]
+    )
+    from ipaddress import ip_address
+
+    found = networks.match(ip_address("192.0.2.200"), None)
+    assert found is not None and (found.category, found.label) == ("vpn", "")  # most specific
+    found = networks.match(ip_address("192.0.2.1"), None)
+    assert found is not None and (found.category, found.label) == ("trusted", "Head office")
+    found = networks.match(ip_address("198.51.100.1"), 64510)
+    assert found is not None and found.category == "mail-app"
+    assert networks.match(ip_address("198.51.100.1"), 64500) is None
+    with pytest.raises(NetworksError) as info:
+        KnownNetworks.parse([("f", 7, "10.0.0.0/8 friendly"), ("f", 8, "nonsense trusted")])
+    assert info.value.problems == [
+        "f:7: unknown category 'friendly' (use trusted, vpn, hosting, mail-app, corporate)",
+        "f:8: 'nonsense' is neither a CIDR nor an AS number",
+    ]
+
+
+async def test_known_networks_change_decisions_and_reload_on_sighup(
+    aiohttp_client: Any,
+    make_config: Callable[..., Config],
+    sink: Sink,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    lists = tmp_path / "networks.txt"
+    lists.write_text("192.0.2.0/24 trusted Head office\nAS64510 vpn Example VPN\n", "utf-8")
+    config = make_config(
+        networks={"files": [str(lists)]},
+        channels=[{"type": "webhook", "url": sink.url}],
+        message={"language": "en"},
+    )
+    client = await start(aiohttp_client, config)
+    await post(client, login="alice", remote="203.0.113.7")  # first use
+    await post(client, login="alice", remote="192.0.2.5")  # office: trusted
+    await post(client, login="alice", remote="198.51.100.9")  # US, through the VPN
+    first, vpn = await sink.wait_for(2)
+    assert first["reasons"] == ["first_use"]
+    assert (vpn["reasons"], vpn["country"]) == (["via_vpn"], "US")
+    assert "through a VPN service (Example VPN). If you use this VPN" in vpn["message"]
+    assert "from the country/region below" not in vpn["message"]
+    assert (vpn["network"], vpn["network_label"]) == ("vpn", "Example VPN")
+    assert rows(config, "SELECT note FROM decisions WHERE prefix = '192.0.2.0/24'") == [
+        ("trusted network Head office",)
+    ]
+
+    # the office is no longer trusted after a reload
+    lists.write_text("AS64510 vpn Example VPN\n", "utf-8")
+    os.kill(os.getpid(), signal.SIGHUP)
+    for _ in range(50):
+        if len(client.app[keys.RESOLVER].networks) == 1:
+            break
+        await asyncio.sleep(0.02)
+    assert len(client.app[keys.RESOLVER].networks) == 1
+    # a broken list keeps the one in use
+    lists.write_text("AS64510 vpm Example VPN\n", "utf-8")
+    os.kill(os.getpid(), signal.SIGHUP)
+    for _ in range(50):
+        if any("not reloaded" in r.message for r in caplog.records):
+            break
+        await asyncio.sleep(0.02)
+    assert any("unknown category 'vpm'" in r.message for r in caplog.records)
+    assert len(client.app[keys.RESOLVER].networks) == 1
+    await post(client, login="bob", remote="203.0.113.7")
+    await post(client, login="bob", remote="192.0.2.9")
+    third, fourth = (await sink.wait_for(4))[2:]
+    assert (fourth["login"], fourth["reasons"]) == ("bob", ["new_country", "new_provider"])
+    assert third["reasons"] == ["first_use"]
+
+
+# -- replay ------------------------------------------------------------------------------------
+
+
+async def test_replay_compares_configs(make_config: Callable[..., Config]) -> None:
+    events = sorted(read_events([LOGS], TOKYO), key=lambda e: e.at)
+    current = make_config()
+    result = await replay(current, events)
+    assert (result.logins, result.notices, result.accounts_notified) == (6, 4, 3)
+    assert dict(result.by_reason) == {"first_use": 3, "new_country": 1, "new_provider": 1}
+    assert dict(result.by_day) == {"2026-11-03": 2, "2026-11-04": 1, "2026-11-05": 1}
+    learning = await replay(make_config(policy={"learning_days": 7}), events)
+    assert (learning.notices, learning.silent) == (3, 1)
+    quiet_first = await replay(
+        make_config(policy={"notify": ["new_country", "new_provider"]}), events
+    )
+    assert (quiet_first.notices, quiet_first.silent) == (1, 3)
+    # the live store is untouched
+    assert not Path(current.storage.path).exists()
+
+
+async def test_replay_report_side_by_side_and_json(make_config: Callable[..., Config]) -> None:
+    configs = {"current": make_config(), "candidate": make_config(policy={"learning_days": 7})}
+    code, text = await output(replay_configs, configs, [LOGS], TOKYO, False)
+    assert code == 0
+    lines = text.splitlines()
+    assert lines[0] == "6 logins from 9 lines"
+    assert lines[1].split() == ["current", "candidate"]
+    assert "notices" in text and lines[4].split() == ["notices", "4", "3"]
+    assert any(line.split() == ["2026-11-05", "1", "0"] for line in lines)
+    code, text = await output(replay_configs, configs, [LOGS], TOKYO, True)
+    document = json.loads(text)
+    assert document["current"]["by_reason"]["first_use"] == 3
+    assert document["candidate"]["silent"] == 1
