@@ -8,8 +8,10 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from . import __version__
 from .config import Config, ConfigError, load_config
@@ -95,6 +97,12 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     except TemplateError as exc:
         problems.append(f"message: {exc}")
     problems.extend(channel_problems(config))
+    from .origin.networks import KnownNetworks, NetworksError
+
+    try:
+        KnownNetworks.load(config.networks)
+    except NetworksError as exc:
+        problems.extend(f"networks: {problem}" for problem in exc.problems)
     for key in ("country_db", "asn_db", "asn_names"):
         value = getattr(config.geoip, key)
         if value and not Path(value).is_file():
@@ -150,6 +158,7 @@ STATUSES = ("queued", "sending", "sent", "folded", "undeliverable", "dead")
 def _run_admin(args: argparse.Namespace) -> int:
     """The operator commands: each opens the store, does one thing, closes it."""
     from . import admin
+    from . import history_commands as history
     from .notify.render import TemplateError
     from .store import open_store
     from .store.base import StoreError
@@ -188,6 +197,12 @@ def _run_admin(args: argparse.Namespace) -> int:
         ("outbox", "retry"): lambda: admin.outbox_retry(config, args.id),
         ("outbox", "purge"): lambda: admin.outbox_purge(config, args.older_than),
         ("send-test", None): lambda: admin.send_test(config, args.login, args.channel),
+        ("history", "show"): lambda: history.history_show(config, args.login),
+        ("history", "export"): lambda: history.history_export(config, args.login),
+        ("history", "forget"): lambda: history.history_forget(config, args.login),
+        ("import-log", None): lambda: history.import_log(
+            config, [Path(f) for f in args.files], _log_zone(args.log_timezone)
+        ),
     }
     action = actions[(args.command, getattr(args, "action", None))]
     try:
@@ -198,7 +213,43 @@ def _run_admin(args: argparse.Namespace) -> int:
     except TemplateError as exc:
         print(f"policy-server: templates: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"policy-server: {exc}", file=sys.stderr)
+        return 1
     return result
+
+
+def _log_zone(name: str) -> tzinfo:
+    """The zone of log timestamps that carry no offset: a name, or the system's own."""
+    if name == "local":
+        zone = datetime.now().astimezone().tzinfo
+        assert zone is not None
+        return zone
+    return ZoneInfo(name)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from .history_commands import replay_configs
+    from .origin.networks import NetworksError
+
+    current = _load(args.current)
+    candidate = _load(args.candidate)
+    if current is None or candidate is None:
+        return 1
+    setup_logging("warning")
+    configs = {"current": current, "candidate": candidate}
+    try:
+        return asyncio.run(
+            replay_configs(
+                configs,
+                [Path(f) for f in args.files],
+                _log_zone(args.log_timezone),
+                args.json,
+            )
+        )
+    except (OSError, NetworksError) as exc:
+        print(f"policy-server: {exc}", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,6 +308,46 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 90m")
     _add_config(purge)
     outbox.set_defaults(func=_run_admin)
+
+    hist = sub.add_parser("history", help="an account's origins and decisions; privacy requests")
+    hist_sub = hist.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (
+        ("show", "origins (known or forgotten) and recent decisions with their reasons"),
+        ("export", "everything stored about the account, as JSON"),
+        ("forget", "delete everything stored about the account"),
+    ):
+        one = hist_sub.add_parser(name, help=text)
+        one.add_argument("login", metavar="LOGIN")
+        _add_config(one)
+    hist.set_defaults(func=_run_admin)
+
+    zone_help = 'time zone of log timestamps without an offset (default "local": the system\'s)'
+    imp_log = sub.add_parser(
+        "import-log",
+        help="build history from Dovecot login log lines (gzip too); queues no notice",
+    )
+    imp_log.add_argument("files", nargs="+", metavar="FILE")
+    imp_log.add_argument("--log-timezone", default="local", metavar="ZONE", help=zone_help)
+    _add_config(imp_log)
+    imp_log.set_defaults(func=_run_admin, action=None)
+
+    rep = sub.add_parser(
+        "replay",
+        help="run past logins through the current and a candidate config; compare the notices",
+    )
+    rep.add_argument("files", nargs="+", metavar="FILE", help="Dovecot logs or an events export")
+    rep.add_argument(
+        "--config", dest="candidate", required=True, metavar="CANDIDATE", help="the candidate"
+    )
+    rep.add_argument(
+        "-c",
+        "--current",
+        metavar="FILE",
+        help="the config in use (default: the embedded defaults)",
+    )
+    rep.add_argument("--json", action="store_true", help="print the figures as JSON")
+    rep.add_argument("--log-timezone", default="local", metavar="ZONE", help=zone_help)
+    rep.set_defaults(func=_cmd_replay)
 
     test = sub.add_parser("send-test", help="render a sample notice and send it through a channel")
     test.add_argument("login", metavar="LOGIN")

@@ -48,7 +48,7 @@ def _known(row: dict[str, Any]) -> KnownOrigin:
     )
 
 
-async def history_show(config: Config, login: str, out: TextIO = sys.stdout) -> int:
+async def history_show(config: Config, login: str, out: TextIO | None = None) -> int:
     """An account's origins (known or forgotten by aging) and its recent decisions."""
     record = await _record(config, login)
     if record is None:
@@ -97,7 +97,7 @@ async def history_show(config: Config, login: str, out: TextIO = sys.stdout) -> 
     return 0
 
 
-async def history_export(config: Config, login: str, out: TextIO = sys.stdout) -> int:
+async def history_export(config: Config, login: str, out: TextIO | None = None) -> int:
     """Everything stored about an account, as one JSON document."""
     record = await _record(config, login)
     if record is None:
@@ -114,7 +114,7 @@ async def history_export(config: Config, login: str, out: TextIO = sys.stdout) -
     return 0
 
 
-async def history_forget(config: Config, login: str, out: TextIO = sys.stdout) -> int:
+async def history_forget(config: Config, login: str, out: TextIO | None = None) -> int:
     """Delete everything stored about an account (history, decisions, notices, contact)."""
     store = await open_store(config.storage)
     try:
@@ -130,7 +130,7 @@ async def history_forget(config: Config, login: str, out: TextIO = sys.stdout) -
 
 
 async def import_log(
-    config: Config, paths: list[Path], zone: tzinfo, out: TextIO = sys.stdout
+    config: Config, paths: list[Path], zone: tzinfo, out: TextIO | None = None
 ) -> int:
     """Build history from Dovecot login lines (or an events export); no notice is queued."""
     stats = await import_logs(config, paths, zone)
@@ -150,7 +150,7 @@ async def replay_configs(
     paths: list[Path],
     zone: tzinfo,
     as_json: bool,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> int:
     """Run the same past logins through each config and print the notices side by side."""
     read = ReadStats()

@@ -348,3 +348,68 @@ async def test_replay_report_side_by_side_and_json(make_config: Callable[..., Co
     document = json.loads(text)
     assert document["current"]["by_reason"]["first_use"] == 3
     assert document["candidate"]["silent"] == 1
+
+
+# -- the commands ------------------------------------------------------------------------------
+
+
+def write_config(path: Path, geo: dict[str, Path], store: Path, extra: str = "") -> Path:
+    path.write_text(
+        f'[geoip]\ncountry_db = "{geo["country_mmdb"]}"\nasn_db = "{geo["asn_mmdb"]}"\n'
+        f'bundled = false\n[storage]\npath = "{store}"\n{extra}',
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_commands_import_show_export_forget(
+    tmp_path: Path, geo_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from policy_server.cli import main
+
+    conf = write_config(tmp_path / "c.toml", geo_files, tmp_path / "s.sqlite3")
+    zone = ["--log-timezone", "Asia/Tokyo"]
+    assert main(["import-log", str(LOGS), *zone, "-c", str(conf)]) == 0
+    out = capsys.readouterr().out
+    assert "recorded 6 logins of 3 accounts from 1 file(s) (9 lines, 3 without a login)" in out
+    assert main(["history", "show", "Alice@Example.JP", "-c", str(conf)]) == 0
+    out = capsys.readouterr().out
+    assert "origins (2):" in out and "192.0.2.0/24         DE  AS64520" in out
+    assert main(["history", "export", "alice@example.jp", "-c", str(conf)]) == 0
+    assert len(json.loads(capsys.readouterr().out)["origins"]) == 2
+    assert main(["history", "forget", "alice@example.jp", "-c", str(conf)]) == 0
+    assert main(["history", "show", "alice@example.jp", "-c", str(conf)]) == 1
+    assert main(["import-log", str(tmp_path / "absent.log"), "-c", str(conf)]) == 1
+    assert "absent.log" in capsys.readouterr().err
+
+
+def test_command_replay(
+    tmp_path: Path, geo_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from policy_server.cli import main
+
+    current = write_config(tmp_path / "current.toml", geo_files, tmp_path / "live.sqlite3")
+    candidate = write_config(
+        tmp_path / "candidate.toml",
+        geo_files,
+        tmp_path / "live.sqlite3",
+        '[policy]\nnotify = ["new_country", "new_provider"]\n',
+    )
+    args = ["replay", "--config", str(candidate), "-c", str(current), str(LOGS)]
+    assert main([*args, "--json", "--log-timezone", "Asia/Tokyo"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert (document["current"]["notices"], document["candidate"]["notices"]) == (4, 1)
+    assert not (tmp_path / "live.sqlite3").exists()  # the live store was never opened
+    assert main(args) == 0
+    assert "first_use" in capsys.readouterr().out
+
+
+def test_check_config_reports_bad_network_lists(tmp_path: Path, geo_files: dict[str, Path]) -> None:
+    from policy_server.cli import main
+
+    lists = tmp_path / "n.txt"
+    lists.write_text("10.0.0.0/8 trustd\n", encoding="utf-8")
+    conf = write_config(
+        tmp_path / "c.toml", geo_files, tmp_path / "s.sqlite3", f'[networks]\nfiles = ["{lists}"]\n'
+    )
+    assert main(["check-config", "-c", str(conf)]) == 1
