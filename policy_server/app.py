@@ -12,8 +12,10 @@ from aiohttp import web
 
 from . import keys
 from .auth import Authenticator
+from .breaker import AdminAlerts, Breaker
 from .config import Config
 from .events import EventWriter
+from .geo_guard import check_geo_change
 from .handlers import policy_endpoint
 from .notify.channels import Channel, build_channel
 from .notify.render import Renderer
@@ -25,6 +27,9 @@ from .store import open_store
 from .worker import Worker
 
 log = logging.getLogger("policy_server.app")
+
+# reload tasks in flight, kept referenced until they finish
+_reloads: set[asyncio.Task[bool]] = set()
 
 
 async def _origin_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -50,8 +55,11 @@ async def _origin_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def reload(app: web.Application) -> None:
-    """SIGHUP: read the known-network lists again and reopen the events file (log rotation)."""
+    """SIGHUP: geo files (through the guard), known networks, and the events file again."""
     reload_networks(app)
+    task = asyncio.get_running_loop().create_task(reload_geo(app), name="reload-geo")
+    _reloads.add(task)
+    task.add_done_callback(_reloads.discard)
     recorder = app.get(keys.RECORDER)
     if recorder is not None and recorder.events is not None:
         recorder.events.close()
@@ -90,6 +98,7 @@ async def _channels_ctx(app: web.Application) -> AsyncIterator[None]:
         await channel.open()
         channels[channel.name] = channel
     app[keys.CHANNELS] = channels
+    app[keys.ALERTS] = AdminAlerts(channels, config.channels)
     yield
     for channel in channels.values():
         await channel.close()
@@ -98,14 +107,17 @@ async def _channels_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     channels: dict[str, Channel] = app[keys.CHANNELS]
-    worker = Worker(app[keys.STORE], channels, app[keys.RENDERER], config)
+    # admin channels carry operators' alerts only; owner notices go through the others
+    owner_channels = [c.name for c in config.channels if not c.admin]
+    breaker = Breaker(app[keys.STORE], config.breaker, owner_channels, app[keys.ALERTS])
+    worker = Worker(app[keys.STORE], channels, app[keys.RENDERER], config, breaker=breaker)
     app[keys.WORKER] = worker
     events = EventWriter(config.privacy.events_path) if config.privacy.events_path else None
     app[keys.RECORDER] = LoginRecorder(
         config,
         app[keys.STORE],
         lambda: app[keys.RESOLVER],
-        list(channels),
+        owner_channels,
         on_notice=worker.wake,
         events=events,
     )
@@ -120,6 +132,47 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
         events.close()
 
 
+async def _geo_guard_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    await check_geo_change(
+        app[keys.STORE],
+        app[keys.RESOLVER],
+        config.geoip,
+        config.geo_guard,
+        app[keys.ALERTS],
+        reload=False,
+    )
+    yield
+
+
+async def reload_geo(app: web.Application) -> bool:
+    """Open the geo files again; the guard decides whether the new data replaces the old."""
+    config = app[keys.CONFIG]
+    old = app[keys.RESOLVER]
+    try:
+        new = await asyncio.to_thread(OriginResolver.from_config, config.geoip)
+    except Exception:
+        log.exception("geo data not reloaded")
+        return False
+    new.networks = old.networks
+    try:
+        accepted = await check_geo_change(
+            app[keys.STORE], new, config.geoip, config.geo_guard, app[keys.ALERTS], reload=True
+        )
+    except Exception:
+        log.exception("geo data not reloaded: the guard failed")
+        accepted = False
+    if not accepted:
+        new.close()
+        return False
+    retired = old.take_data(new)
+    for part, source in old.describe().items():
+        log.info("origin %s reloaded: %s", part, source)
+    # requests already resolving finish with the old readers; close them a little later
+    asyncio.get_running_loop().call_later(5, retired.close)
+    return True
+
+
 def _worker_ended(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         # A dead worker must be loud: notices would pile up unseen.
@@ -132,6 +185,6 @@ def create_app(config: Config) -> web.Application:
     app[keys.CONFIG] = config
     app[keys.STATS] = Stats()
     app[keys.AUTH] = Authenticator(config.server)
-    app.cleanup_ctx.extend([_origin_ctx, _store_ctx, _channels_ctx, _worker_ctx])
+    app.cleanup_ctx.extend([_origin_ctx, _store_ctx, _channels_ctx, _geo_guard_ctx, _worker_ctx])
     app.router.add_route("*", "/{tail:.*}", policy_endpoint)
     return app

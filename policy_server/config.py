@@ -193,6 +193,39 @@ class DeliveryConfig(_Model):
         ThrottleRule(max=3, window_s=3600),
         ThrottleRule(max=10, window_s=48 * 3600),
     )
+    # shadow mode: notices are recorded and rendered ("shadow" in the outbox) but none is sent
+    dry_run: bool = False
+
+
+class BreakerConfig(_Model):
+    enabled: bool = True
+    # notices are counted in this rolling window...
+    window_s: float = Field(default=600.0, gt=0)
+    # ...and compared with the average window of this much history before it
+    baseline_s: float = Field(default=7 * 86400.0, gt=0)
+    # trips when a window holds more than factor x the baseline's average window...
+    factor: float = Field(default=10.0, gt=1)
+    # ...and at least this many notices (a quiet system's small bumps never trip it)
+    min_notices: int = Field(default=50, ge=1)
+    # trips when a window holds more notices than this, whatever the baseline
+    cap: int = Field(default=1000, ge=1)
+    # trips when more accounts than this get the same new provider or new country in a window
+    same_origin_accounts: int = Field(default=25, ge=1)
+    # closes by itself after this long without a tripping window; 0 = only an operator closes
+    close_after_s: float = Field(default=3600.0, ge=0)
+    # "outbox release" sends held notices at most this fast
+    release_per_s: float = Field(default=10.0, gt=0)
+
+
+class GeoGuardConfig(_Model):
+    enabled: bool = True
+    # known (account, origin) pairs re-resolved when a geo file changed
+    sample: int = Field(default=2000, ge=10)
+    # share of them that may change country or provider before the guard acts
+    max_changed: float = Field(default=0.2, gt=0, le=1)
+    # "refuse": keep the old file on reload (at start the new one is used and its notices held);
+    # "hold": use the new file and hold owner notices until an operator releases them
+    action: Literal["refuse", "hold"] = "refuse"
 
 
 class QueueConfig(_Model):
@@ -392,6 +425,8 @@ class Config(_Model):
     queue: QueueConfig = QueueConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     networks: NetworksConfig = NetworksConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    geo_guard: GeoGuardConfig = GeoGuardConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     channels: tuple[ChannelConfig, ...] = (LogChannelConfig(type="log", name="log"),)
 

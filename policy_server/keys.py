@@ -7,6 +7,7 @@ import asyncio
 from aiohttp import web
 
 from .auth import Authenticator
+from .breaker import AdminAlerts
 from .config import Config
 from .notify.channels import Channel
 from .notify.render import Renderer
@@ -25,4 +26,5 @@ RENDERER = web.AppKey("renderer", Renderer)
 CHANNELS: web.AppKey[dict[str, Channel]] = web.AppKey("channels")
 RECORDER = web.AppKey("recorder", LoginRecorder)
 WORKER = web.AppKey("worker", Worker)
+ALERTS = web.AppKey("alerts", AdminAlerts)
 WORKER_TASK: web.AppKey[asyncio.Task[None]] = web.AppKey("worker_task")

@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import Mapping
 
+from .breaker import GEO_HOLD, PAUSE, Breaker
 from .config import ChannelConfig, Config, QueueConfig
 from .delivery_rules import quiet_until, resolve_recipient, throttled_until, zone
 from .model import Notice
@@ -54,8 +55,13 @@ class Worker:
         renderer: Renderer,
         config: Config,
         owner: str | None = None,
+        breaker: Breaker | None = None,
     ) -> None:
         self._store = store
+        self._breaker = breaker
+        #: why owner notices are held right now ("" = they are not), set before each claim
+        self.holding = ""
+        self.paused = False
         self._channels = channels
         self._renderer = renderer
         self._full = config
@@ -119,6 +125,9 @@ class Worker:
         messages at once nor slip past the per-account limit.
         """
         now = time.time()
+        await self.refresh_controls(now)
+        if self.paused:
+            return 0
         batch = await self._store.claim(
             self.owner, self._config.batch_size, now, self._config.lease_s
         )
@@ -137,7 +146,30 @@ class Worker:
         await self._store.finish(self.owner, [r for rs in outcomes for r in rs], time.time())
         return len(batch)
 
+    async def refresh_controls(self, now: float) -> None:
+        """Read the shared switches: the pause, the breaker (evaluated now), the geo hold."""
+        pause = await self._store.control(PAUSE)
+        paused = bool(pause and pause.get("paused"))
+        if paused != self.paused:
+            log.warning("owner notices %s", "paused" if paused else "resumed")
+        self.paused = paused
+        holding = ""
+        if self._breaker is not None:
+            state = await self._breaker.evaluate(now)
+            if state is not None:
+                holding = f"held: breaker open: {state.get('cause', '')}"
+        if not holding:
+            geo = await self._store.control(GEO_HOLD)
+            if geo and geo.get("hold"):
+                holding = f"held: geo data changed: {geo.get('cause', '')}"
+        self.holding = holding
+
     async def _deliver_group(self, group: list[Delivery]) -> list[DeliveryResult]:
+        if self.holding:
+            # admin channels get no queued deliveries: everything here is an owner notice
+            return [
+                DeliveryResult(d.notice.id, d.channel, "held", self.holding[:500]) for d in group
+            ]
         group.sort(key=lambda d: d.notice.time)
         primary, claimed = group[-1], group[:-1]
         outcome = await self._deliver(primary, [d.notice for d in claimed])
@@ -208,6 +240,20 @@ class Worker:
         except Exception as exc:  # a template an admin broke: keep the notice, say why
             log.error("cannot render notice %s: %s", notice.id, exc)
             return result("dead", f"render failed: {exc}")
+        if self._full.delivery.dry_run:
+            log.info(
+                "dry run: notice %s for %s through %s rendered, not sent",
+                notice.id,
+                notice.account,
+                delivery.channel,
+            )
+            return [
+                DeliveryResult(notice.id, delivery.channel, "shadow"),
+                *(
+                    DeliveryResult(other.id, delivery.channel, "folded", folded_into=notice.id)
+                    for other in waiting
+                ),
+            ]
         try:
             await channel.send(notice, message, recipient)
         except DeliveryError as exc:

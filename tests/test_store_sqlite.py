@@ -203,7 +203,12 @@ async def test_schema_version_recorded_once(tmp_path: Path) -> None:
     for _ in range(2):
         s = await open_store(config)
         await s.close()
-    assert rows(tmp_path / "m.sqlite3", "SELECT version FROM schema_version") == [(1,), (2,), (3,)]
+    assert rows(tmp_path / "m.sqlite3", "SELECT version FROM schema_version") == [
+        (1,),
+        (2,),
+        (3,),
+        (4,),
+    ]
 
 
 async def test_write_error_is_reported_to_the_caller(tmp_path: Path) -> None:

@@ -96,6 +96,14 @@ class OriginResolver:
             network_label=network.label if network else None,
         )
 
+    def take_data(self, other: OriginResolver) -> OriginResolver:
+        """Use ``other``'s lookups from now on; returns a resolver holding the old ones, for
+        the caller to close once requests in flight are done with them."""
+        old = OriginResolver(self._config, self._country, self._asn)
+        self._config, self._country, self._asn = other._config, other._country, other._asn
+        other._country = other._asn = None
+        return old
+
     def describe(self) -> dict[str, str]:
         """What serves each part, for the start-up log and ``policy-server lookup``."""
         return {

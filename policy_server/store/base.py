@@ -62,7 +62,8 @@ class DeliveryResult:
       queued or claimed by the same owner);
     * ``queued``: a failed attempt, retried at ``next_attempt``;
     * ``deferred``: not attempted (quiet hours, throttle), due again at ``next_attempt``;
-    * ``dead`` (failed for good) or ``undeliverable`` (no recipient for the channel).
+    * ``dead`` (failed for good) or ``undeliverable`` (no recipient for the channel);
+    * ``held`` (by the breaker or the geo guard, until released) or ``shadow`` (dry run).
     """
 
     notice_id: str
@@ -71,6 +72,30 @@ class DeliveryResult:
     error: str | None = None
     next_attempt: float | None = None
     folded_into: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HeldFilter:
+    """Which held deliveries an operator means; empty fields match everything."""
+
+    reason: str = ""
+    provider: str = ""
+    country: str = ""
+    account: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeRates:
+    """Notices created in the current window and before it, for the fleet-wide breaker."""
+
+    window: int
+    baseline: int
+    baseline_span_s: float
+    by_reason: dict[str, int]
+    top_provider: str | None
+    top_provider_accounts: int
+    top_country: str | None
+    top_country_accounts: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +208,45 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def purge(self, before: float) -> int:
         """Delete notices created before ``before`` with every delivery final; returns how many."""
+
+    # -- controls, breaker and held notices -------------------------------------------------
+
+    @abc.abstractmethod
+    async def control(self, name: str) -> dict[str, Any] | None:
+        """A shared switch (pause, breaker, geo fingerprints), or None when never set."""
+
+    @abc.abstractmethod
+    async def set_control(
+        self, name: str, value: dict[str, Any], now: float, unless: tuple[str, Any] | None = None
+    ) -> bool:
+        """Set a switch; with ``unless=(key, v)`` only when its ``key`` is not already ``v``
+        (compare and set across processes). True when it changed."""
+
+    @abc.abstractmethod
+    async def notice_rates(self, now: float, window_s: float, baseline_s: float) -> NoticeRates:
+        """Counts of notices created in the last ``window_s`` and in the baseline before it."""
+
+    @abc.abstractmethod
+    async def hold_queued(
+        self, since: float, channels: Sequence[str], reason: str, now: float
+    ) -> int:
+        """Hold the queued deliveries through ``channels`` created since ``since``."""
+
+    @abc.abstractmethod
+    async def held_summary(self, filters: HeldFilter) -> dict[str, dict[str, int]]:
+        """Held deliveries counted by reason, provider, country and channel."""
+
+    @abc.abstractmethod
+    async def release_held(self, filters: HeldFilter, now: float, per_second: float) -> int:
+        """Queue matching held deliveries again, oldest first, ``per_second`` at most."""
+
+    @abc.abstractmethod
+    async def discard_held(self, filters: HeldFilter, note: str, now: float) -> int:
+        """Mark matching held deliveries discarded, with ``note`` (who and when)."""
+
+    @abc.abstractmethod
+    async def sample_origins(self, limit: int) -> list[tuple[str, str | None, str | None]]:
+        """Up to ``limit`` random known origins as (prefix, country, provider)."""
 
     # -- privacy and history ---------------------------------------------------------------
 

@@ -34,6 +34,8 @@ from .base import (
     Decide,
     Delivery,
     DeliveryResult,
+    HeldFilter,
+    NoticeRates,
     Outcome,
     Store,
     StoreError,
@@ -189,7 +191,17 @@ _FINISH = {
         "UPDATE deliveries SET status = 'undeliverable', last_error = ?, claimed_by = NULL,"
         " lease_until = NULL, updated = ? WHERE notice_id = ? AND channel = ? AND claimed_by = ?"
     ),
-    # not an attempt: give back the attempt the claim counted
+    # rendered in dry-run mode and not sent: counts as sent for the per-account limit
+    "shadow": (
+        "UPDATE deliveries SET status = 'shadow', last_error = NULL, claimed_by = NULL,"
+        " lease_until = NULL, updated = ? WHERE notice_id = ? AND channel = ? AND claimed_by = ?"
+    ),
+    # not attempts: give back the attempt the claim counted
+    "held": (
+        "UPDATE deliveries SET status = 'held', last_error = ?, attempts = max(attempts - 1, 0),"
+        " claimed_by = NULL, lease_until = NULL, updated = ?"
+        " WHERE notice_id = ? AND channel = ? AND claimed_by = ?"
+    ),
     "deferred": (
         "UPDATE deliveries SET status = 'queued', last_error = ?, next_attempt = ?,"
         " attempts = max(attempts - 1, 0), claimed_by = NULL, lease_until = NULL, updated = ?"
@@ -202,6 +214,35 @@ _FOLD = (
     " claimed_by = NULL, lease_until = NULL WHERE notice_id = ? AND channel = ?"
     " AND (status = 'queued' OR (status = 'sending' AND claimed_by = ?))"
 )
+
+
+# The provider of a notice as the breaker and the held filters name it.
+_NOTICE_PROVIDER = (
+    "CASE WHEN json_extract(n.payload, '$.asn') IS NOT NULL"
+    " THEN 'AS' || json_extract(n.payload, '$.asn')"
+    " WHEN json_extract(n.payload, '$.as_org') IS NOT NULL"
+    " THEN 'org:' || json_extract(n.payload, '$.as_org') END"
+)
+_NOTICE_COUNTRY = "json_extract(n.payload, '$.country')"
+
+
+def _held_filter(filters: HeldFilter) -> tuple[str, list[Any]]:
+    """SQL conditions (on deliveries d joined to notices n) for held deliveries."""
+    sql = "d.status = 'held'"
+    params: list[Any] = []
+    if filters.reason:
+        sql += " AND EXISTS (SELECT 1 FROM json_each(n.reasons) WHERE value = ?)"
+        params.append(filters.reason)
+    if filters.provider:
+        sql += f" AND {_NOTICE_PROVIDER} = ?"
+        params.append(filters.provider)
+    if filters.country:
+        sql += f" AND {_NOTICE_COUNTRY} = ?"
+        params.append(filters.country.upper())
+    if filters.account:
+        sql += " AND d.account = ?"
+        params.append(filters.account)
+    return sql, params
 
 
 def origin_key(prefix: str, country: str | None, provider: str | None) -> str:
@@ -644,13 +685,13 @@ class SQLiteStore(Store):
         grouped: dict[str, list[tuple[Any, ...]]] = {status: [] for status in _FINISH}
         folds: list[tuple[Any, ...]] = []
         for r in results:
-            if r.status == "sent":
-                grouped["sent"].append((now, r.notice_id, r.channel, owner))
+            if r.status in ("sent", "shadow"):
+                grouped[r.status].append((now, r.notice_id, r.channel, owner))
             elif r.status in ("queued", "deferred"):
                 grouped[r.status].append(
                     (r.error, r.next_attempt, now, r.notice_id, r.channel, owner)
                 )
-            elif r.status in ("dead", "undeliverable"):
+            elif r.status in ("dead", "undeliverable", "held"):
                 grouped[r.status].append((r.error, now, r.notice_id, r.channel, owner))
             elif r.status == "folded":
                 folds.append((r.folded_into, now, r.notice_id, r.channel, owner))
@@ -720,7 +761,7 @@ class SQLiteStore(Store):
     async def sent_times(self, account: str, channel: str, since: float) -> list[float]:
         sql = (
             "SELECT updated FROM deliveries WHERE account = ? AND channel = ?"
-            " AND status = 'sent' AND updated >= ? ORDER BY updated"
+            " AND status IN ('sent', 'shadow') AND updated >= ? ORDER BY updated"
         )
         async with self._conn(self._reader).execute(sql, (account, channel, since)) as cur:
             return [row[0] for row in await cur.fetchall()]
@@ -778,6 +819,155 @@ class SQLiteStore(Store):
             " WHERE d.notice_id = notices.id AND d.status IN ('queued', 'sending'))"
         )
         return await self._write([(sql, [(before,)])])
+
+    # -- controls, breaker and held notices -------------------------------------------------
+
+    @_store_errors
+    async def control(self, name: str) -> dict[str, Any] | None:
+        sql = "SELECT value FROM controls WHERE name = ?"
+        async with self._conn(self._reader).execute(sql, (name,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    @_store_errors
+    async def set_control(
+        self, name: str, value: dict[str, Any], now: float, unless: tuple[str, Any] | None = None
+    ) -> bool:
+        sql = (
+            "INSERT INTO controls (name, value, updated) VALUES (?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated = excluded.updated"
+        )
+        params: list[Any] = [name, json.dumps(value, ensure_ascii=False), now]
+        if unless is not None:
+            # compare and set: several processes may race to change the same switch
+            sql += " WHERE json_extract(controls.value, '$.' || ?) IS NOT ?"
+            params.extend(unless)
+        return await self._write([(sql, [tuple(params)])]) > 0
+
+    @_store_errors
+    async def notice_rates(self, now: float, window_s: float, baseline_s: float) -> NoticeRates:
+        reader = self._conn(self._reader)
+        since = now - window_s
+
+        async def scalar(sql: str, *params: Any) -> Any:
+            async with reader.execute(sql, params) as cur:
+                row = await cur.fetchone()
+            return row[0] if row else None
+
+        window = await scalar("SELECT count(*) FROM notices WHERE created >= ?", since)
+        baseline = await scalar(
+            "SELECT count(*) FROM notices WHERE created >= ? AND created < ?",
+            now - baseline_s,
+            since,
+        )
+        first = await scalar(
+            "SELECT min(created) FROM notices WHERE created >= ?", now - baseline_s
+        )
+        by_reason: dict[str, int] = {}
+        sql = (
+            "SELECT r.value, count(*) FROM notices n, json_each(n.reasons) r"
+            " WHERE n.created >= ? GROUP BY r.value"
+        )
+        async with reader.execute(sql, (since,)) as cur:
+            by_reason = {row[0]: row[1] for row in await cur.fetchall()}
+
+        async def top(expr: str, reason: str) -> tuple[str | None, int]:
+            sql = (
+                f"SELECT {expr} AS k, count(DISTINCT n.account) AS c FROM notices n"
+                " WHERE n.created >= ? AND EXISTS (SELECT 1 FROM json_each(n.reasons)"
+                " WHERE value = ?) AND k IS NOT NULL GROUP BY k ORDER BY c DESC LIMIT 1"
+            )
+            async with reader.execute(sql, (since, reason)) as cur:
+                row = await cur.fetchone()
+            return (row[0], row[1]) if row else (None, 0)
+
+        provider, provider_accounts = await top(_NOTICE_PROVIDER, "new_provider")
+        country, country_accounts = await top(_NOTICE_COUNTRY, "new_country")
+        # the baseline covers the time notices have been recorded, at most baseline_s
+        span = max(0.0, since - max(now - baseline_s, first if first is not None else since))
+        return NoticeRates(
+            window=int(window or 0),
+            baseline=int(baseline or 0),
+            baseline_span_s=span,
+            by_reason=by_reason,
+            top_provider=provider,
+            top_provider_accounts=provider_accounts,
+            top_country=country,
+            top_country_accounts=country_accounts,
+        )
+
+    @_store_errors
+    async def hold_queued(
+        self, since: float, channels: Sequence[str], reason: str, now: float
+    ) -> int:
+        if not channels:
+            return 0
+        marks = ",".join("?" * len(channels))
+        sql = (
+            "UPDATE deliveries SET status = 'held', last_error = ?, updated = ?"
+            f" WHERE status = 'queued' AND channel IN ({marks}) AND created >= ?"
+        )
+        return await self._write([(sql, [(reason, now, *channels, since)])])
+
+    @_store_errors
+    async def held_summary(self, filters: HeldFilter) -> dict[str, dict[str, int]]:
+        where, params = _held_filter(filters)
+        summary: dict[str, dict[str, int]] = {}
+        reader = self._conn(self._reader)
+        for name, expr, source in (
+            (
+                "reason",
+                "r.value",
+                "deliveries d JOIN notices n ON n.id = d.notice_id, json_each(n.reasons) r",
+            ),
+            ("provider", _NOTICE_PROVIDER, "deliveries d JOIN notices n ON n.id = d.notice_id"),
+            ("country", _NOTICE_COUNTRY, "deliveries d JOIN notices n ON n.id = d.notice_id"),
+            ("channel", "d.channel", "deliveries d JOIN notices n ON n.id = d.notice_id"),
+        ):
+            sql = (
+                f"SELECT coalesce({expr}, 'unknown'), count(*) FROM {source}"
+                f" WHERE {where} GROUP BY 1 ORDER BY 2 DESC"
+            )
+            async with reader.execute(sql, params) as cur:
+                summary[name] = {str(row[0]): row[1] for row in await cur.fetchall()}
+        return summary
+
+    @_store_errors
+    async def release_held(self, filters: HeldFilter, now: float, per_second: float) -> int:
+        where, params = _held_filter(filters)
+        select = (
+            "SELECT d.notice_id, d.channel FROM deliveries d JOIN notices n"
+            f" ON n.id = d.notice_id WHERE {where} ORDER BY n.created"
+        )
+        async with self._conn(self._reader).execute(select, params) as cur:
+            found = await cur.fetchall()
+        # released notices go out at a bounded rate, oldest first, not as one burst
+        sql = (
+            "UPDATE deliveries SET status = 'queued', next_attempt = ?,"
+            " deadline = max(deadline, ?), last_error = NULL, updated = ?"
+            " WHERE notice_id = ? AND channel = ? AND status = 'held'"
+        )
+        rows = [
+            (now + i / per_second, now + i / per_second + 86400.0, now, notice_id, channel)
+            for i, (notice_id, channel) in enumerate(found)
+        ]
+        return await self._write([(sql, rows)])
+
+    @_store_errors
+    async def discard_held(self, filters: HeldFilter, note: str, now: float) -> int:
+        where, params = _held_filter(filters)
+        sql = (
+            "UPDATE deliveries SET status = 'discarded', last_error = ?, updated = ?"
+            " WHERE (notice_id, channel) IN (SELECT d.notice_id, d.channel FROM deliveries d"
+            f" JOIN notices n ON n.id = d.notice_id WHERE {where})"
+        )
+        return await self._write([(sql, [(note, now, *params)])])
+
+    @_store_errors
+    async def sample_origins(self, limit: int) -> list[tuple[str, str | None, str | None]]:
+        sql = "SELECT prefix, country, provider FROM origins ORDER BY random() LIMIT ?"
+        async with self._conn(self._reader).execute(sql, (limit,)) as cur:
+            return [(r[0], r[1] or None, r[2] or None) for r in await cur.fetchall()]
 
     # -- privacy and history ---------------------------------------------------------------
 
