@@ -144,7 +144,11 @@ class Breaker:
         is_open = bool(state and state.get("state") == "open")
         if not self._config.enabled:
             return state if is_open else None
-        rates = await self._store.notice_rates(now, self._config.window_s, self._config.baseline_s)
+        window = self._config.window_s
+        if not is_open and state is not None and state.get("closed_at"):
+            # after a close, count only what came since: the storm that tripped it is over
+            window = min(window, max(now - float(state["closed_at"]), 0.0))
+        rates = await self._store.notice_rates(now, window, self._config.baseline_s)
         trip = check(rates, self._config)
         if trip is not None and not is_open:
             return await self._open(trip, now)

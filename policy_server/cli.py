@@ -152,12 +152,23 @@ def _cmd_lookup(args: argparse.Namespace) -> int:
     return status
 
 
-STATUSES = ("queued", "sending", "sent", "folded", "undeliverable", "dead")
+STATUSES = (
+    "queued",
+    "sending",
+    "sent",
+    "folded",
+    "undeliverable",
+    "dead",
+    "held",
+    "discarded",
+    "shadow",
+)
 
 
 def _run_admin(args: argparse.Namespace) -> int:
     """The operator commands: each opens the store, does one thing, closes it."""
     from . import admin
+    from . import control_commands as control
     from . import history_commands as history
     from .notify.render import TemplateError
     from .store import open_store
@@ -196,6 +207,17 @@ def _run_admin(args: argparse.Namespace) -> int:
         ("outbox", "show"): lambda: admin.outbox_show(config, args.id),
         ("outbox", "retry"): lambda: admin.outbox_retry(config, args.id),
         ("outbox", "purge"): lambda: admin.outbox_purge(config, args.older_than),
+        ("outbox", "held"): lambda: control.outbox_held(config, control.held_filter(config, args)),
+        ("outbox", "release"): lambda: control.outbox_release(
+            config, control.held_filter(config, args)
+        ),
+        ("outbox", "discard"): lambda: control.outbox_discard(
+            config, control.held_filter(config, args)
+        ),
+        ("pause", None): lambda: control.set_pause(config, True),
+        ("resume", None): lambda: control.set_pause(config, False),
+        ("breaker", "status"): lambda: control.breaker_status(config),
+        ("breaker", "close"): lambda: control.breaker_close(config),
         ("send-test", None): lambda: admin.send_test(config, args.login, args.channel),
         ("history", "show"): lambda: history.history_show(config, args.login),
         ("history", "export"): lambda: history.history_export(config, args.login),
@@ -307,7 +329,35 @@ def build_parser() -> argparse.ArgumentParser:
     purge = outbox_sub.add_parser("purge", help="delete finished notices older than an age")
     purge.add_argument("--older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 90m")
     _add_config(purge)
+    for name, text in (
+        ("held", "held notices counted by reason, provider, country and channel"),
+        ("release", "send held notices (at [breaker] release_per_s, oldest first)"),
+        ("discard", "drop held notices, recording who and when"),
+    ):
+        held = outbox_sub.add_parser(name, help=text)
+        held.add_argument("--reason", metavar="REASON", help="e.g. new_provider")
+        held.add_argument("--provider", metavar="PROVIDER", help="e.g. AS64500")
+        held.add_argument("--country", metavar="CC", help="e.g. US")
+        held.add_argument("--login", metavar="LOGIN", help="one account")
+        _add_config(held)
     outbox.set_defaults(func=_run_admin)
+
+    for name, text in (
+        ("pause", "stop every owner notice, in every process sharing the store"),
+        ("resume", "start owner notices again after pause"),
+    ):
+        switch = sub.add_parser(name, help=text)
+        _add_config(switch)
+        switch.set_defaults(func=_run_admin, action=None)
+    breaker = sub.add_parser("breaker", help="the fleet-wide breaker and the geo-data hold")
+    breaker_sub = breaker.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (
+        ("status", "pause, breaker and geo hold, with the numbers that tripped it"),
+        ("close", "close the breaker and accept changed geo data (held notices stay held)"),
+    ):
+        one = breaker_sub.add_parser(name, help=text)
+        _add_config(one)
+    breaker.set_defaults(func=_run_admin)
 
     hist = sub.add_parser("history", help="an account's origins and decisions; privacy requests")
     hist_sub = hist.add_subparsers(dest="action", required=True, metavar="ACTION")

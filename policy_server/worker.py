@@ -164,12 +164,20 @@ class Worker:
                 holding = f"held: geo data changed: {geo.get('cause', '')}"
         self.holding = holding
 
-    async def _deliver_group(self, group: list[Delivery]) -> list[DeliveryResult]:
-        if self.holding:
-            # admin channels get no queued deliveries: everything here is an owner notice
-            return [
-                DeliveryResult(d.notice.id, d.channel, "held", self.holding[:500]) for d in group
+    async def _deliver_group(
+        self, group: list[Delivery], holding: bool = True
+    ) -> list[DeliveryResult]:
+        if holding and self.holding:
+            # admin channels get no queued deliveries: everything here is an owner notice;
+            # what an operator released goes out
+            held = [d for d in group if not d.released]
+            group = [d for d in group if d.released]
+            results = [
+                DeliveryResult(d.notice.id, d.channel, "held", self.holding[:500]) for d in held
             ]
+            if not group:
+                return results
+            return [*results, *await self._deliver_group(group, holding=False)]
         group.sort(key=lambda d: d.notice.time)
         primary, claimed = group[-1], group[:-1]
         outcome = await self._deliver(primary, [d.notice for d in claimed])

@@ -50,6 +50,8 @@ class Delivery:
     channel: str
     attempts: int
     deadline: float
+    # an operator released it from hold: the breaker must not hold it again
+    released: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,8 +239,11 @@ class Store(abc.ABC):
         """Held deliveries counted by reason, provider, country and channel."""
 
     @abc.abstractmethod
-    async def release_held(self, filters: HeldFilter, now: float, per_second: float) -> int:
-        """Queue matching held deliveries again, oldest first, ``per_second`` at most."""
+    async def release_held(
+        self, filters: HeldFilter, now: float, per_second: float, note: str = "released"
+    ) -> int:
+        """Queue matching held deliveries again, oldest first, ``per_second`` at most; ``note``
+        (starting with "released") marks them so that the breaker lets them through."""
 
     @abc.abstractmethod
     async def discard_held(self, filters: HeldFilter, note: str, now: float) -> int:

@@ -167,7 +167,7 @@ _CLAIM = (
     "  SELECT notice_id, channel FROM deliveries"
     "  WHERE status = 'sending' AND lease_until <= ?"
     "  LIMIT ?)"
-    " RETURNING notice_id, channel, attempts, deadline"
+    " RETURNING notice_id, channel, attempts, deadline, last_error"
 )
 _ANY_DUE = (
     "SELECT 1 FROM deliveries WHERE status = 'queued' AND next_attempt <= ?"
@@ -248,6 +248,9 @@ def _held_filter(filters: HeldFilter) -> tuple[str, list[Any]]:
 def origin_key(prefix: str, country: str | None, provider: str | None) -> str:
     return f"{prefix}|{country or ''}|{provider or ''}"
 
+
+# last_error of a delivery an operator released from hold starts with this
+RELEASED = "released"
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -673,6 +676,7 @@ class SQLiteStore(Store):
                 channel=row[1],
                 attempts=row[2],
                 deadline=row[3],
+                released=bool(row[4] and str(row[4]).startswith(RELEASED)),
             )
             for row in claimed
         ]
@@ -933,7 +937,9 @@ class SQLiteStore(Store):
         return summary
 
     @_store_errors
-    async def release_held(self, filters: HeldFilter, now: float, per_second: float) -> int:
+    async def release_held(
+        self, filters: HeldFilter, now: float, per_second: float, note: str = RELEASED
+    ) -> int:
         where, params = _held_filter(filters)
         select = (
             "SELECT d.notice_id, d.channel FROM deliveries d JOIN notices n"
@@ -944,11 +950,11 @@ class SQLiteStore(Store):
         # released notices go out at a bounded rate, oldest first, not as one burst
         sql = (
             "UPDATE deliveries SET status = 'queued', next_attempt = ?,"
-            " deadline = max(deadline, ?), last_error = NULL, updated = ?"
+            " deadline = max(deadline, ?), last_error = ?, updated = ?"
             " WHERE notice_id = ? AND channel = ? AND status = 'held'"
         )
         rows = [
-            (now + i / per_second, now + i / per_second + 86400.0, now, notice_id, channel)
+            (now + i / per_second, now + i / per_second + 86400.0, note, now, notice_id, channel)
             for i, (notice_id, channel) in enumerate(found)
         ]
         return await self._write([(sql, rows)])
