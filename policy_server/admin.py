@@ -84,7 +84,7 @@ def read_contacts(path: Path, config: Config) -> tuple[list[Contact], list[str]]
     return contacts, problems
 
 
-async def contacts_import(config: Config, path: Path, out: TextIO = sys.stdout) -> int:
+async def contacts_import(config: Config, path: Path, out: TextIO | None = None) -> int:
     try:
         contacts, problems = read_contacts(path, config)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -105,7 +105,7 @@ async def contacts_import(config: Config, path: Path, out: TextIO = sys.stdout) 
     return 0
 
 
-async def contacts_show(config: Config, login: str, out: TextIO = sys.stdout) -> int:
+async def contacts_show(config: Config, login: str, out: TextIO | None = None) -> int:
     store = await open_store(config.storage)
     try:
         contact = await store.contact(normalize_login(login, config.accounts))
@@ -134,7 +134,7 @@ def _contact(contact: Contact) -> dict[str, Any]:
     }
 
 
-async def contacts_remove(config: Config, login: str, out: TextIO = sys.stdout) -> int:
+async def contacts_remove(config: Config, login: str, out: TextIO | None = None) -> int:
     store = await open_store(config.storage)
     try:
         removed = await store.remove_contact(normalize_login(login, config.accounts))
@@ -150,7 +150,7 @@ def _notice_json(notice: Notice) -> dict[str, Any]:
     return data
 
 
-async def outbox_show(config: Config, notice_id: str, out: TextIO = sys.stdout) -> int:
+async def outbox_show(config: Config, notice_id: str, out: TextIO | None = None) -> int:
     store = await open_store(config.storage)
     try:
         found = await store.notice_detail(notice_id)
@@ -168,7 +168,13 @@ async def outbox_show(config: Config, notice_id: str, out: TextIO = sys.stdout) 
         if channel_config is None:
             delivery["message"] = None
             continue
-        channel = build_channel(channel_config)
+        try:
+            channel = build_channel(channel_config)
+        except ValueError as exc:
+            # a channel check-config refuses (a malformed secret): show the rest anyway
+            delivery["message"] = None
+            delivery["problem"] = str(exc)
+            continue
         recipient = resolve_recipient(
             channel.recipient_kind,
             contact,
@@ -177,7 +183,10 @@ async def outbox_show(config: Config, notice_id: str, out: TextIO = sys.stdout) 
             channel_config.recipient_template,
         )
         delivery["recipient"] = recipient.address if recipient else None
-        rendered = renderer.render(notice, recipient)
+        # without an address the message is still the one in the contact's language and zone
+        rendered = renderer.render(
+            notice, recipient or resolve_recipient(None, contact, notice.login, "none", "")
+        )
         delivery["message"] = {
             "subject": rendered.subject,
             "body": rendered.body,
@@ -192,7 +201,7 @@ async def outbox_show(config: Config, notice_id: str, out: TextIO = sys.stdout) 
     return 0
 
 
-async def outbox_retry(config: Config, notice_id: str, out: TextIO = sys.stdout) -> int:
+async def outbox_retry(config: Config, notice_id: str, out: TextIO | None = None) -> int:
     store = await open_store(config.storage)
     try:
         now = time.time()
@@ -203,7 +212,7 @@ async def outbox_retry(config: Config, notice_id: str, out: TextIO = sys.stdout)
     return 0 if count else 1
 
 
-async def outbox_purge(config: Config, older_than: str, out: TextIO = sys.stdout) -> int:
+async def outbox_purge(config: Config, older_than: str, out: TextIO | None = None) -> int:
     try:
         age = parse_duration(older_than)
     except ValueError as exc:
@@ -235,7 +244,9 @@ def sample_notice(login: str, account: str) -> Notice:
     )
 
 
-async def send_test(config: Config, login: str, channel_name: str, out: TextIO = sys.stdout) -> int:
+async def send_test(
+    config: Config, login: str, channel_name: str, out: TextIO | None = None
+) -> int:
     """Render a sample notice for ``login`` and send it through one channel, now."""
     by_name = {c.name: c for c in config.channels}
     channel_config = by_name.get(channel_name)
@@ -248,7 +259,11 @@ async def send_test(config: Config, login: str, channel_name: str, out: TextIO =
         contact = await store.contact(account)
     finally:
         await store.close()
-    channel = build_channel(channel_config)
+    try:
+        channel = build_channel(channel_config)
+    except ValueError as exc:
+        print(f"{exc} (see policy-server check-config)", file=sys.stderr)
+        return 1
     recipient = resolve_recipient(
         channel.recipient_kind,
         contact,

@@ -15,7 +15,7 @@ from policy_server.config import PolicyConfig, StorageConfig
 from policy_server.model import AddressClass, History, Origin, Reason
 from policy_server.policy import decide
 from policy_server.store import open_store
-from policy_server.store.base import DeliveryResult, Store, SuccessfulLogin
+from policy_server.store.base import DeliveryResult, Store, StoreError, SuccessfulLogin
 from policy_server.store.sqlite import SQLiteStore
 
 POLICY = PolicyConfig()
@@ -262,3 +262,28 @@ def test_replaying_the_same_logins_queues_no_more_notices(
     assert queued_again == 0
     # each account notifies at most once per distinct unusual origin
     assert queued_first <= len(set(logins))
+
+
+async def test_a_failing_decision_fails_its_login_and_the_writer_lives_on(store: Store) -> None:
+    def broken(history: History, o: Origin, at: float):  # type: ignore[no-untyped-def]
+        raise TypeError("a bug in a decision")
+
+    with pytest.raises(StoreError, match="a bug in a decision"):
+        await asyncio.wait_for(
+            store.record_success(login(), broken, ["hook"], touch_after=0, deadline_s=60),
+            timeout=5,
+        )
+    outcome = await asyncio.wait_for(record(store, login("bob")), timeout=5)
+    assert outcome.notice_id is not None
+
+
+async def test_purge_keeps_held_notices(store: Store, tmp_path: Path) -> None:
+    await record(store, login("held-one", at=1000.0))
+    await record(store, login("sent-one", at=1000.0))
+    with sqlite3.connect(tmp_path / "s.sqlite3") as conn:
+        conn.execute(
+            "UPDATE deliveries SET status = CASE account WHEN 'held-one' THEN 'held'"
+            " ELSE 'sent' END"
+        )
+    assert await store.purge(2000.0) == 1
+    assert rows(tmp_path / "s.sqlite3", "SELECT account FROM notices") == [("held-one",)]

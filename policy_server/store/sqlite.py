@@ -469,7 +469,11 @@ class SQLiteStore(Store):
         try:
             async with self._write_lock:
                 results = await self._apply(live)
-        except (sqlite3.Error, StoreError, OSError, ValueError) as exc:
+        except Exception as exc:
+            # whatever went wrong (a database error, a bug in a decision), the logins waiting
+            # on this batch get an answer and the writer task lives on
+            if not isinstance(exc, sqlite3.Error | StoreError | OSError | ValueError):
+                log.exception("write batch failed unexpectedly")
             error = StoreError(f"write failed: {exc}")
             for op in live:
                 if not op.future.done():
@@ -820,7 +824,7 @@ class SQLiteStore(Store):
     async def purge(self, before: float) -> int:
         sql = (
             "DELETE FROM notices WHERE created < ? AND NOT EXISTS (SELECT 1 FROM deliveries d"
-            " WHERE d.notice_id = notices.id AND d.status IN ('queued', 'sending'))"
+            " WHERE d.notice_id = notices.id AND d.status IN ('queued', 'sending', 'held'))"
         )
         return await self._write([(sql, [(before,)])])
 
