@@ -343,6 +343,13 @@ class EmailChannelConfig(_ChannelBase):
     timeout_s: float = Field(default=30.0, gt=0, le=300)
     recipient_fallback: RecipientFallback = "login"
 
+    @field_validator("sender")
+    @classmethod
+    def _check_sender(cls, value: str) -> str:
+        if not re.fullmatch(r"[^@\s<>\"]+@[^@\s<>\"]+", value):
+            raise ValueError("must be a bare address such as no-reply@mail.example.jp")
+        return value
+
     @model_validator(mode="after")
     def _check_tls(self) -> EmailChannelConfig:
         if self.starttls and self.tls:

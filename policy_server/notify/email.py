@@ -40,8 +40,9 @@ def build_message(
     mail["Auto-Submitted"] = "auto-generated"
     # Exchange and Outlook honour this one rather than Auto-Submitted
     mail["X-Auto-Response-Suppress"] = "All"
-    mail["Content-Language"] = message.language
     mail.set_content(message.body, charset="utf-8")
+    # after set_content, which drops every Content-* header already set
+    mail["Content-Language"] = message.language
     return mail
 
 

@@ -44,6 +44,13 @@ class SmsChannel(Channel):
             secrets.append(value)
         if self._url.password:
             secrets.append(self._url.password)
+        if (self._url.user is not None or self._url.password is not None) and (
+            "Authorization" in headers
+        ):
+            # aiohttp refuses every request that has both; say so at startup, not per notice
+            raise ValueError(
+                f"sms {self.name}: credentials in url and an Authorization header; use one"
+            )
         self._headers = headers
         self._secrets = tuple(s for s in secrets if s)
         self._session: aiohttp.ClientSession | None = None
@@ -72,7 +79,8 @@ class SmsChannel(Channel):
             headers["Content-Type"] = "application/json"
             return headers, json.dumps(fields, ensure_ascii=False).encode("utf-8"), None
         headers["Content-Type"] = "application/x-www-form-urlencoded"
-        return headers, str(URL.build(query=fields).query_string).encode("ascii"), None
+        # the encoded form: query_string would be the decoded one, not ASCII for Japanese text
+        return headers, URL.build(query=fields).raw_query_string.encode("ascii"), None
 
     async def send(
         self, notice: Notice, message: RenderedMessage, recipient: Recipient | None = None

@@ -1,0 +1,396 @@
+"""Throughput, latency, memory and delivery rate of the service, side by side with the limit.
+
+In one run, against the same generated inputs (see bench/workload.py):
+
+1. the full workload (allow, allow, report per login) and allow alone, driven by wrk as fast as
+   it goes, against the service and against a bare aiohttp handler returning the constant
+   answer (the limit), so every figure is also a ratio;
+2. a fixed offered rate (2,000 requests/s by default) from an open-loop asyncio client that
+   measures from each request's scheduled time (no coordinated omission), against both, while
+   the service's worker delivers the notices the workload makes to a local webhook sink;
+3. the same with a history of 1,000 accounts, for the ratio "large over small";
+4. the resident memory of the service with the large history;
+5. how fast the worker empties a queue of notices into the local sink.
+
+Usage: .venv/bin/python bench/throughput.py [--accounts 1000000] [--duration 15]
+Needs wrk (Debian: apt-get install wrk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from workload import requests, write_geo, write_history, write_wrk_script  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(current, peak) resident memory of a process, in MB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    now = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+    peak = int(re.search(r"VmHWM:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+    return now / 1024, peak / 1024
+
+
+def wrk(url: str, script: Path, duration: int, connections: int) -> dict[str, float]:
+    """Requests/s and latency percentiles (ms) of one wrk run."""
+    run = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out = run.stdout
+    figures = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    for pct in ("50", "99"):
+        match = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out)
+        if match:
+            value = float(match.group(1))
+            figures[f"p{pct}"] = value * {"us": 0.001, "ms": 1, "s": 1000}[match.group(2)]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    figures["non2xx"] = float(errors.group(1)) if errors else 0.0
+    return figures
+
+
+async def open_loop(
+    url: str, bodies: list[tuple[str, str]], rate: float, seconds: float
+) -> dict[str, float]:
+    """Send at a fixed rate whatever the answers do; latency from the scheduled send time."""
+    import aiohttp
+
+    latencies: list[float] = []
+    failures = 0
+    connector = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        loop = asyncio.get_running_loop()
+        start_at = loop.time() + 0.2
+        total = int(rate * seconds)
+        tasks: list[asyncio.Task[None]] = []
+
+        async def one(i: int, scheduled: float) -> None:
+            nonlocal failures
+            command, body = bodies[i % len(bodies)]
+            try:
+                async with session.post(
+                    f"{url}?command={command}",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                ) as response:
+                    await response.read()
+                    if response.status != 200:
+                        failures += 1
+            except aiohttp.ClientError:
+                failures += 1
+            latencies.append(loop.time() - scheduled)
+
+        for i in range(total):
+            scheduled = start_at + i / rate
+            delay = scheduled - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i, scheduled)))
+        await asyncio.gather(*tasks)
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+
+    return {
+        "sent": float(total),
+        "failures": float(failures),
+        "p50": pct(0.5),
+        "p99": pct(0.99),
+        "p999": pct(0.999),
+        "max": latencies[-1] * 1000,
+    }
+
+
+def service_config(path: Path, port: int, db: Path, geo: dict[str, Path], sink: str) -> Path:
+    path.write_text(
+        f"""
+[server]
+listen = "127.0.0.1:{port}"
+[geoip]
+country_db = "{geo["country_mmdb"]}"
+asn_db = "{geo["asn_mmdb"]}"
+bundled = false
+[storage]
+path = "{db}"
+[delivery]
+# deliver while the load runs, not a minute later
+hold_s = 0
+[breaker]
+# the synthetic mix (5% of logins unusual, all day long) would trip it within seconds
+enabled = false
+[[channels]]
+type = "webhook"
+url = "{sink}"
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def sink_count(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/count", timeout=5) as resp:
+        return int(json.loads(resp.read())["count"])
+
+
+def fill_queue(db: Path, count: int) -> None:
+    """``count`` notices due now, straight into the queue tables."""
+    now = time.time()
+    payload = json.dumps(
+        {
+            "id": "",
+            "login": "u",
+            "reasons": ["new_country"],
+            "protocol": "imap",
+            "remote": "11.0.0.1",
+            "country": "US",
+            "asn": 65001,
+            "as_org": "Provider 65001",
+            "time": "2026-11-29T00:00:00+00:00",
+            "account": "",
+            "prefix": "11.0.0.0/24",
+            "history": [],
+        }
+    )
+    with sqlite3.connect(db) as conn:
+        notices = []
+        deliveries = []
+        for i in range(count):
+            data = json.loads(payload)
+            data.update(id=f"n{i}", login=f"bulk{i}", account=f"bulk{i}")
+            notices.append((f"n{i}", f"bulk{i}", now, '["new_country"]', json.dumps(data), ""))
+            deliveries.append((f"n{i}", "webhook-0", f"bulk{i}", now, now + 86400, now, now))
+        conn.executemany(
+            "INSERT INTO notices (id, account, created, reasons, payload, origin_key)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            notices,
+        )
+        conn.executemany(
+            "INSERT INTO deliveries (notice_id, channel, account, status, next_attempt,"
+            " deadline, created, updated) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+            deliveries,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--accounts", type=int, default=1_000_000)
+    parser.add_argument("--small", type=int, default=1000)
+    parser.add_argument("--duration", type=int, default=15, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rate", type=float, default=2000.0)
+    parser.add_argument("--notices", type=int, default=20_000, help="for the delivery rate")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+
+    base = Path(tempfile.mkdtemp(prefix="policy-server-bench-"))
+    results: dict[str, Any] = {"accounts": args.accounts, "small": args.small, "rate": args.rate}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        t = time.monotonic()
+        geo = write_geo(base / "geo")
+        big_db, small_db = base / "big.sqlite3", base / "small.sqlite3"
+        results["origins"] = write_history(big_db, args.accounts)
+        write_history(small_db, args.small)
+        print(
+            f"inputs written in {time.monotonic() - t:.0f}s: {results['origins']} origins",
+            flush=True,
+        )
+
+        sink_port, bare_port = free_port(), free_port()
+        procs.append(
+            start(
+                [sys.executable, str(HERE / "peers.py"), "sink", str(sink_port)], base / "sink.log"
+            )
+        )
+        procs.append(
+            start(
+                [sys.executable, str(HERE / "peers.py"), "bare", str(bare_port)], base / "bare.log"
+            )
+        )
+        wait_port(sink_port)
+        wait_port(bare_port)
+        sink = f"http://127.0.0.1:{sink_port}/notify"
+
+        figures: dict[str, dict[str, Any]] = {}
+        for label, accounts, db in (
+            ("large", args.accounts, big_db),
+            ("small", args.small, small_db),
+        ):
+            full = requests(accounts, 600_000)
+            allow = requests(accounts, 200_000, allow_only=True)
+            write_wrk_script(base / f"full-{label}.lua", full)
+            write_wrk_script(base / f"allow-{label}.lua", allow)
+            port = free_port()
+            conf = service_config(base / f"{label}.toml", port, db, geo, sink)
+            service = start(
+                [
+                    sys.executable,
+                    "-m",
+                    "policy_server",
+                    "serve",
+                    "-c",
+                    str(conf),
+                    "--log-level",
+                    "warning",
+                ],
+                base / f"{label}.log",
+            )
+            procs.append(service)
+            wait_port(port)
+            url = f"http://127.0.0.1:{port}/"
+            bare_url = f"http://127.0.0.1:{bare_port}/"
+            row: dict[str, Any] = {}
+            before = sink_count(sink_port)
+            row["bare_full"] = wrk(
+                bare_url, base / f"full-{label}.lua", args.duration, args.connections
+            )
+            row["service_full"] = wrk(
+                url, base / f"full-{label}.lua", args.duration, args.connections
+            )
+            row["bare_allow"] = wrk(
+                bare_url, base / f"allow-{label}.lua", args.duration, args.connections
+            )
+            row["service_allow"] = wrk(
+                url, base / f"allow-{label}.lua", args.duration, args.connections
+            )
+            bodies = [(r.command, r.body) for r in full[300_000:]]
+            row["bare_rate"] = asyncio.run(open_loop(bare_url, bodies, args.rate, args.duration))
+            row["service_rate"] = asyncio.run(open_loop(url, bodies, args.rate, args.duration))
+            time.sleep(1)
+            row["notices_delivered_during_runs"] = sink_count(sink_port) - before
+            row["rss_mb"], row["peak_rss_mb"] = rss_mb(service.pid)
+            stop(service)
+            figures[label] = row
+            print(f"{label}: {json.dumps(row)}", flush=True)
+
+        # delivery rate: a full queue, emptied into the sink
+        queue_db = base / "queue.sqlite3"
+        write_history(queue_db, 10)
+        fill_queue(queue_db, args.notices)
+        port = free_port()
+        conf = service_config(base / "queue.toml", port, queue_db, geo, sink)
+        before = sink_count(sink_port)
+        t = time.monotonic()
+        service = start(
+            [
+                sys.executable,
+                "-m",
+                "policy_server",
+                "serve",
+                "-c",
+                str(conf),
+                "--log-level",
+                "warning",
+            ],
+            base / "queue.log",
+        )
+        procs.append(service)
+        wait_port(port)
+        started = time.monotonic()
+        while sink_count(sink_port) - before < args.notices and time.monotonic() - t < 300:
+            time.sleep(0.1)
+        took = time.monotonic() - started
+        delivered = sink_count(sink_port) - before
+        stop(service)
+        results["delivery"] = {"notices": delivered, "seconds": took, "per_s": delivered / took}
+        results["figures"] = figures
+        report(results)
+    finally:
+        for proc in procs:
+            stop(proc)
+        if args.keep:
+            print(f"kept {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def report(results: dict[str, Any]) -> None:
+    f = results["figures"]
+    print()
+    print(
+        f"history: {results['accounts']} accounts ({results['origins']} origins);"
+        f" small: {results['small']}"
+    )
+    for label in ("large", "small"):
+        r = f[label]
+        for kind in ("full", "allow"):
+            svc, bare = r[f"service_{kind}"]["rps"], r[f"bare_{kind}"]["rps"]
+            print(
+                f"[{label}] {kind:5} workload: service {svc:.0f} req/s,"
+                f" bare {bare:.0f} req/s, ratio {svc / bare:.2f}"
+            )
+        for who in ("service", "bare"):
+            q = r[f"{who}_rate"]
+            print(
+                f"[{label}] {who:7} at {results['rate']:.0f} req/s: p50 {q['p50']:.2f}"
+                f" p99 {q['p99']:.2f} p99.9 {q['p999']:.2f} max {q['max']:.1f} ms"
+                f" (failures {q['failures']:.0f})"
+            )
+        print(
+            f"[{label}] notices delivered during the runs: {r['notices_delivered_during_runs']};"
+            f" rss {r['rss_mb']:.0f} MB (peak {r['peak_rss_mb']:.0f} MB)"
+        )
+    large, small = f["large"], f["small"]
+    throughput = large["service_full"]["rps"] / small["service_full"]["rps"]
+    p99 = large["service_rate"]["p99"] / small["service_rate"]["p99"]
+    print(f"large/small: full-workload throughput {throughput:.2f}, fixed-rate p99 {p99:.2f}")
+    d = results["delivery"]
+    print(f"delivery: {d['notices']} notices in {d['seconds']:.1f}s = {d['per_s']:.0f}/s")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
