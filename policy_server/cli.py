@@ -48,6 +48,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     setup_logging(args.log_level)
+    if args.workers > 1:
+        from .processes import supervise
+
+        child = ["serve", "--log-level", args.log_level, "--reuse-port"]
+        if args.config:
+            child += ["-c", args.config]
+        return supervise(child, args.workers)
     app = create_app(config)
     log.info(
         "policy-server %s listening on %s (config: %s)",
@@ -62,6 +69,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         access_log=logging.getLogger("aiohttp.access") if config.server.access_log else None,
         print=None,
         shutdown_timeout=10,
+        reuse_port=args.reuse_port or None,
     )
     return 0
 
@@ -285,6 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the service")
     _add_config(serve)
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N processes sharing the port (SO_REUSEPORT) and the store",
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=_cmd_serve)
 
     check = sub.add_parser("check-config", help="validate a config file; exit 1 on errors")

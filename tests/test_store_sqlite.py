@@ -287,3 +287,31 @@ async def test_purge_keeps_held_notices(store: Store, tmp_path: Path) -> None:
         )
     assert await store.purge(2000.0) == 1
     assert rows(tmp_path / "s.sqlite3", "SELECT account FROM notices") == [("held-one",)]
+
+
+def test_request_and_queue_queries_use_indexes(tmp_path: Path) -> None:
+    """Every statement on the request path and the queue's hot path is an indexed search."""
+    from policy_server.store import sqlite as impl
+
+    async def create() -> None:
+        s = await open_store(StorageConfig(path=str(tmp_path / "plan.sqlite3")))
+        await s.close()
+
+    asyncio.run(create())
+    statements = {
+        "origins of an account": (impl._SELECT_ORIGINS, ("a",)),
+        "pending notice of an origin": (impl._PENDING_NOTICE, ("a", "k", 0.0)),
+        "anything due": (impl._ANY_DUE, (0.0, 0.0)),
+        "due": (impl._DUE, (0.0, 0.0, 10)),
+        "claim": (impl._CLAIM, ("o", 0.0, 0.0, "n", "c")),
+        "upsert origin": (impl._UPSERT_ORIGIN, ("a", "p", "JP", "AS1", None, 0.0, 0.0)),
+        "upsert account": (impl._UPSERT_ACCOUNT, ("a", 0.0, 0.0)),
+        "finish": (impl._FINISH["sent"], (0.0, "n", "c", "o")),
+        "fold": (impl._FOLD, ("n", 0.0, "m", "c", "o")),
+    }
+    with sqlite3.connect(tmp_path / "plan.sqlite3") as conn:
+        for name, (sql, params) in statements.items():
+            plan = conn.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
+            details = [row[3] for row in plan]
+            scans = [d for d in details if d.startswith("SCAN") and "json_each" not in d]
+            assert not scans, f"{name}: {details}"

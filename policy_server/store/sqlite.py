@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import json
 import logging
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import IO, Any, ParamSpec, TypeVar
 
 import aiosqlite
 
@@ -157,17 +158,19 @@ _PENDING_NOTICE = (
     "  AND d.status IN ('queued', 'sending'))"
     " ORDER BY n.created DESC LIMIT 1"
 )
+# A claim is two indexed steps in one transaction: find the due keys, then take each by its
+# primary key (an UPDATE ... WHERE (a, b) IN (subquery) would scan the whole table).
+_DUE = (
+    "SELECT notice_id, channel, attempts, deadline, last_error FROM deliveries"
+    " WHERE status = 'queued' AND next_attempt <= ?"
+    " UNION ALL"
+    " SELECT notice_id, channel, attempts, deadline, last_error FROM deliveries"
+    " WHERE status = 'sending' AND lease_until <= ?"
+    " LIMIT ?"
+)
 _CLAIM = (
     "UPDATE deliveries SET status = 'sending', claimed_by = ?, lease_until = ?,"
-    " attempts = attempts + 1, updated = ?"
-    " WHERE (notice_id, channel) IN ("
-    "  SELECT notice_id, channel FROM deliveries"
-    "  WHERE status = 'queued' AND next_attempt <= ?"
-    "  UNION ALL"
-    "  SELECT notice_id, channel FROM deliveries"
-    "  WHERE status = 'sending' AND lease_until <= ?"
-    "  LIMIT ?)"
-    " RETURNING notice_id, channel, attempts, deadline, last_error"
+    " attempts = attempts + 1, updated = ? WHERE notice_id = ? AND channel = ?"
 )
 _ANY_DUE = (
     "SELECT 1 FROM deliveries WHERE status = 'queued' AND next_attempt <= ?"
@@ -349,6 +352,15 @@ class SQLiteStore(Store):
                 op.future.set_exception(StoreError("store closed"))
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        # Processes starting together (serve --workers N) must not migrate at the same time:
+        # the version check and the scripts run under a lock file beside the database.
+        lock = await asyncio.to_thread(_lock_file, self._path.with_name(self._path.name + ".lock"))
+        try:
+            await self._migrate_locked(conn)
+        finally:
+            lock.close()
+
+    async def _migrate_locked(self, conn: aiosqlite.Connection) -> None:
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied REAL)"
         )
@@ -669,10 +681,12 @@ class SQLiteStore(Store):
         async with self._write_lock:
             await conn.execute("BEGIN IMMEDIATE")
             try:
-                async with conn.execute(
-                    _CLAIM, (owner, now + lease_s, now, now, now, limit)
-                ) as cur:
-                    claimed = await cur.fetchall()
+                async with conn.execute(_DUE, (now, now, limit)) as cur:
+                    due = await cur.fetchall()
+                await conn.executemany(
+                    _CLAIM, [(owner, now + lease_s, now, row[0], row[1]) for row in due]
+                )
+                claimed = [(row[0], row[1], row[2] + 1, row[3], row[4]) for row in due]
                 payloads: dict[str, str] = {}
                 ids = sorted({row[0] for row in claimed})
                 for chunk in _chunks(ids):
@@ -1091,6 +1105,17 @@ class SQLiteStore(Store):
                     await conn.execute("ROLLBACK")
                 raise
         return counts
+
+
+def _lock_file(path: Path) -> IO[bytes]:
+    """An exclusive lock on ``path`` (created if needed), held until the file is closed."""
+    handle = path.open("ab")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
 
 
 def _remember(

@@ -1,0 +1,131 @@
+"""``serve --workers N``: several processes on one port and one store, no notice lost or doubled."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+from support import Sink, free_port
+from test_restart import Service
+
+pytestmark = pytest.mark.slow
+
+
+class Workers(Service):
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "policy_server",
+                "serve",
+                "--workers",
+                "2",
+                "-c",
+                str(self.config_path),
+            ],
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+
+
+def children(pid: int) -> list[int]:
+    found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(p) for p in found]
+
+
+async def test_two_processes_share_the_port_and_deliver_each_notice_once(
+    tmp_path: Path, geo_files: dict[str, Path], sink: Sink
+) -> None:
+    port = free_port()
+    config = tmp_path / "policy.toml"
+    db = tmp_path / "store.sqlite3"
+    config.write_text(
+        f"""
+[server]
+listen = "127.0.0.1:{port}"
+[geoip]
+country_db = "{geo_files["country_mmdb"]}"
+asn_db = "{geo_files["asn_mmdb"]}"
+bundled = false
+[storage]
+path = "{db}"
+[queue]
+poll_interval_s = 0.1
+[delivery]
+hold_s = 0
+throttle = []
+[breaker]
+enabled = false
+[[channels]]
+type = "webhook"
+url = "{sink.url}"
+""",
+        encoding="utf-8",
+    )
+    service = Workers(config, port, tmp_path / "service.log")
+    service.start()
+    try:
+        await service.ready()
+        assert service.proc is not None
+        assert len(children(service.proc.pid)) == 2
+
+        # every account logs in from two countries at once, each request on its own
+        # connection, so the two processes race on the same accounts
+        accounts = [f"user{i}" for i in range(60)]
+
+        async def one(session: aiohttp.ClientSession, login: str, remote: str) -> int:
+            body = {"login": login, "remote": remote, "protocol": "imap", "success": True}
+            async with session.post(service.url("report"), data=json.dumps(body)) as resp:
+                await resp.read()
+                return resp.status
+
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            statuses = await asyncio.gather(
+                *(
+                    one(session, login, remote)
+                    for login in accounts
+                    for remote in ("203.0.113.7", "198.51.100.9")
+                )
+            )
+        assert set(statuses) == {200}
+
+        with sqlite3.connect(db) as conn:
+            notices = conn.execute("SELECT id, account, reasons FROM notices").fetchall()
+        # per account: one first use, and one new-country notice for the other address
+        assert len(notices) == 2 * len(accounts)
+        by_account: dict[str, list[str]] = {}
+        for _, account, reasons in notices:
+            by_account.setdefault(account, []).extend(json.loads(reasons))
+        for account in accounts:
+            assert sorted(by_account[account]) == ["first_use", "new_country", "new_provider"]
+
+        # delivered (or carried in another notice of the same account) exactly once
+        for _ in range(200):
+            with sqlite3.connect(db) as conn:
+                settled = conn.execute(
+                    "SELECT count(*) FROM deliveries WHERE status IN ('sent', 'folded')"
+                ).fetchone()[0]
+            if settled == len(notices):
+                break
+            await asyncio.sleep(0.1)
+        assert settled == len(notices)
+        ids = [n["id"] for n in sink.received]
+        assert len(ids) == len(set(ids))
+        with sqlite3.connect(db) as conn:
+            sent = {
+                r[0] for r in conn.execute("SELECT notice_id FROM deliveries WHERE status = 'sent'")
+            }
+        assert set(ids) == sent
+    finally:
+        service.stop()
+    assert service.proc is not None and service.proc.returncode == 0
