@@ -2,7 +2,8 @@
 
 * Geo data: 4096 networks (11.0.0.0/8 cut into /20s), 16 countries, 256 ASNs per country.
 * History: ``accounts`` accounts with 1 to 5 known origins each, written straight into the
-  service's SQLite schema (one /24 of a network per origin).
+  service's SQLite schema (one /24 of a network per origin), each origin last used within the
+  past half hour, as for the accounts of a busy hour (mail programs poll every few minutes).
 * Requests: logins as Dovecot sends them with the example config plus the allow checks
   (allow, allow, report), accounts drawn with a Zipf-like popularity (s = 1), 95% from a known
   origin, 4% from a new provider in the same country, 1% from a new country; 5% of the logins
@@ -89,8 +90,9 @@ def write_history(db: Path, accounts: int) -> int:
                 for j in account_networks(i):
                     net, country, asn = network(j)
                     prefix = f"{net.network_address}/24"
+                    # active accounts: each origin last used within the past half hour
                     origin_rows.append((name, prefix, country, f"AS{asn}", f"Provider {asn}",
-                                        first, now - 7200, 5))  # fmt: skip
+                                        first, now - (i * 7) % 1800, 5))  # fmt: skip
             conn.executemany(
                 "INSERT INTO accounts (account, first_seen, last_seen, logins, failures)"
                 " VALUES (?, ?, ?, ?, ?)",

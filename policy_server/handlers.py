@@ -86,7 +86,23 @@ async def policy_endpoint(request: web.Request) -> web.Response:
 
     received = time.time()
     budget = app[keys.CONFIG].server.request_budget_ms / 1000
-    work = asyncio.ensure_future(app[keys.RECORDER].report(event, received))
+    recorder = app[keys.RECORDER]
+    try:
+        started = recorder.begin(event, received)
+    except Exception as exc:
+        stats.fail_open += 1
+        stats.count("report", "fail_open")
+        _limited.log(
+            logging.ERROR,
+            f"error:{type(exc).__name__}",
+            "report failed, answered status 0: %s",
+            exc,
+        )
+        return _answer(REPORT_ANSWER)
+    if isinstance(started, Outcome):
+        _count_outcome(stats, started)
+        return _answer(REPORT_ANSWER)
+    work = asyncio.ensure_future(recorder.finish(event, started))
     try:
         outcome = await asyncio.wait_for(asyncio.shield(work), budget)
     except TimeoutError:

@@ -5,16 +5,26 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from .accounts import normalize_login
 from .config import Config
 from .events import Event, EventWriter
-from .model import LoginEvent, Origin
+from .model import History, LoginEvent, Origin
 from .origin.resolver import OriginResolver
 from .policy import KNOWN, decide
 from .store.base import Decide, Outcome, Store, SuccessfulLogin
 
 log = logging.getLogger("policy_server.recorder")
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A report ``begin`` could not answer: the account, its origin (None: a failed login)."""
+
+    account: str
+    origin: Origin | None
+    at: float
 
 
 class LoginRecorder:
@@ -46,7 +56,12 @@ class LoginRecorder:
     def origin(self, remote: str) -> Origin:
         return self._resolver().resolve(remote)
 
-    async def report(self, event: LoginEvent, at: float | None = None) -> Outcome:
+    def begin(self, event: LoginEvent, at: float | None = None) -> Outcome | Prepared:
+        """The part of a report that needs no waiting: an answer, or what ``finish`` needs.
+
+        A fresh repeat login from a known origin (most logins) is answered here, on the event
+        loop, with one indexed read and no write.
+        """
         at = time.time() if at is None else at
         account = normalize_login(event.login, self._config.accounts)
         log.debug(
@@ -61,21 +76,33 @@ class LoginRecorder:
                 Event(event.login, event.remote, event.protocol, bool(event.success), at)
             )
         if not event.success:
-            await self._store.record_failure(account, at)
-            return Outcome(decision=KNOWN, wrote=True)
+            return Prepared(account, None, at)
         origin = self.origin(event.remote)
-        granularity = self._config.policy.touch_granularity_s
-        history = await self._store.history(account)
+        history = self._store.history_now(account)
+        if history is not None and self._fresh_repeat(history, origin, at):
+            return Outcome(decision=KNOWN)
+        return Prepared(account, origin, at)
+
+    def _fresh_repeat(self, history: History, origin: Origin, at: float) -> bool:
         known = history.find(origin)
-        delivery = self._config.delivery
         # A fresh repeat writes nothing, unless its origin is new enough to have a notice that
         # is still waiting and should name this login's service too.
-        if (
+        return (
             known is not None
-            and at - known.last_seen < granularity
-            and at - known.first_seen >= delivery.coalesce_window_s
-        ):
+            and at - known.last_seen < self._config.policy.touch_granularity_s
+            and at - known.first_seen >= self._config.delivery.coalesce_window_s
+        )
+
+    async def finish(self, event: LoginEvent, prepared: Prepared) -> Outcome:
+        """Record what ``begin`` could not answer: a failure, or a login that writes."""
+        account, origin, at = prepared.account, prepared.origin, prepared.at
+        if origin is None:
+            await self._store.record_failure(account, at)
+            return Outcome(decision=KNOWN, wrote=True)
+        history = await self._store.history(account)
+        if self._fresh_repeat(history, origin, at):
             return Outcome(decision=KNOWN)
+        delivery = self._config.delivery
         outcome = await self._store.record_success(
             SuccessfulLogin(
                 account=account,
@@ -87,7 +114,7 @@ class LoginRecorder:
             ),
             self._decide,
             self._channels,
-            touch_after=granularity,
+            touch_after=self._config.policy.touch_granularity_s,
             deadline_s=self._config.queue.deadline_s,
             hold_s=delivery.hold_s,
             coalesce_s=delivery.coalesce_window_s,
@@ -95,3 +122,10 @@ class LoginRecorder:
         if outcome.notice_id is not None:
             self._on_notice()
         return outcome
+
+    async def report(self, event: LoginEvent, at: float | None = None) -> Outcome:
+        """Record one report and return what it led to."""
+        started = self.begin(event, at)
+        if isinstance(started, Outcome):
+            return started
+        return await self.finish(event, started)

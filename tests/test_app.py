@@ -241,10 +241,19 @@ async def test_fail_open_on_internal_error(service: Any, monkeypatch: pytest.Mon
     async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(recorder, "report", broken)
+    def broken_now(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom on the loop")
+
+    # a failure while recording (waiting on the store) ...
+    monkeypatch.setattr(recorder, "finish", broken)
     status, answer = await post(client, "report", REPORT_OK)
     assert (status, answer) == (200, {"status": 0, "msg": ""})
     assert client.app[keys.STATS].fail_open == 1
+    # ... and one before any waiting
+    monkeypatch.setattr(recorder, "begin", broken_now)
+    status, answer = await post(client, "report", REPORT_OK)
+    assert (status, answer) == (200, {"status": 0, "msg": ""})
+    assert client.app[keys.STATS].fail_open == 2
 
 
 async def test_fail_open_when_store_file_is_gone(service: Any, tmp_path: Path) -> None:

@@ -139,6 +139,10 @@ class Store(abc.ABC):
     async def history(self, account: str) -> History:
         """The account's known origins: one indexed read."""
 
+    def history_now(self, account: str) -> History | None:
+        """The account's history if it can be read without waiting (None: use ``history``)."""
+        return None
+
     @abc.abstractmethod
     async def record_success(
         self,

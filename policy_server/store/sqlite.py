@@ -386,9 +386,15 @@ class SQLiteStore(Store):
 
     @_store_errors
     async def history(self, account: str) -> History:
+        return self.history_now(account)
+
+    def history_now(self, account: str) -> History:
         if self._point is None:
             raise StoreError("store is not open")
-        rows = self._point.execute(_SELECT_ORIGINS, (account,)).fetchall()
+        try:
+            rows = self._point.execute(_SELECT_ORIGINS, (account,)).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"history: {exc}") from exc
         return History(account, tuple(_known(r) for r in rows))
 
     @_store_errors
