@@ -8,6 +8,7 @@ restarts one that dies.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import signal
 import subprocess
@@ -19,6 +20,21 @@ from types import FrameType
 log = logging.getLogger("policy_server.processes")
 
 RESTART_DELAY_S = 1.0
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In a child, before exec: ask Linux to send SIGTERM when the parent dies."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: children outlive a killed parent
+
+
+def _spawn(command: list[str]) -> subprocess.Popen[bytes]:
+    # the command is this interpreter running this package: no outside input
+    return subprocess.Popen(command, preexec_fn=_die_with_parent)  # noqa: S603
 
 
 def supervise(child_args: Sequence[str], count: int) -> int:
@@ -37,8 +53,7 @@ def supervise(child_args: Sequence[str], count: int) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
-    # the command is this interpreter running this package: no outside input
-    children.extend(subprocess.Popen(command) for _ in range(count))  # noqa: S603
+    children.extend(_spawn(command) for _ in range(count))
     log.info("started %d service processes: %s", count, [c.pid for c in children])
     while True:
         alive = [c for c in children if c.poll() is None]
@@ -53,5 +68,5 @@ def supervise(child_args: Sequence[str], count: int) -> int:
                         child.returncode,
                     )
                     time.sleep(RESTART_DELAY_S)
-                    children[index] = subprocess.Popen(command)  # noqa: S603
+                    children[index] = _spawn(command)
         time.sleep(0.2)
