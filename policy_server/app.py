@@ -122,13 +122,16 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
         on_notice=worker.wake,
         events=events,
     )
-    task = asyncio.create_task(worker.run(), name="delivery-worker")
-    task.add_done_callback(_worker_ended)
-    app[keys.WORKER_TASK] = task
+    task: asyncio.Task[None] | None = None
+    if app[keys.RUN_WORKER]:
+        task = asyncio.create_task(worker.run(), name="delivery-worker")
+        task.add_done_callback(_worker_ended)
+        app[keys.WORKER_TASK] = task
     yield
     worker.stop()
-    with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-        await asyncio.wait_for(task, timeout=10)
+    if task is not None:
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=10)
     if events is not None:
         events.close()
 
@@ -190,10 +193,14 @@ async def _freeze_heap(app: web.Application) -> None:
     gc.freeze()
 
 
-def create_app(config: Config) -> web.Application:
-    """The service as an aiohttp application; resources open on startup, close on cleanup."""
+def create_app(config: Config, run_worker: bool = True) -> web.Application:
+    """The service as an aiohttp application; resources open on startup, close on cleanup.
+
+    ``run_worker=False`` leaves deliveries to separate ``policy-server worker`` processes.
+    """
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[keys.CONFIG] = config
+    app[keys.RUN_WORKER] = run_worker
     app[keys.STATS] = Stats()
     app[keys.AUTH] = Authenticator(config.server)
     app.cleanup_ctx.extend([_origin_ctx, _store_ctx, _channels_ctx, _geo_guard_ctx, _worker_ctx])

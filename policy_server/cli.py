@@ -52,10 +52,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from .processes import supervise
 
         child = ["serve", "--log-level", args.log_level, "--reuse-port"]
+        if args.no_worker:
+            child.append("--no-worker")
         if args.config:
             child += ["-c", args.config]
         return supervise(child, args.workers)
-    app = create_app(config)
+    app = create_app(config, run_worker=not args.no_worker)
     log.info(
         "policy-server %s listening on %s (config: %s)",
         __version__,
@@ -71,6 +73,44 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         shutdown_timeout=10,
         reuse_port=args.reuse_port or None,
     )
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from .delivery_process import run_worker
+    from .store.base import StoreError
+
+    config = _load(args.config)
+    if config is None:
+        return 1
+    setup_logging(args.log_level)
+    try:
+        asyncio.run(run_worker(config))
+    except StoreError as exc:
+        print(f"policy-server: store unavailable: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from .store import open_store
+    from .store.base import StoreError
+
+    config = _load(args.config)
+    if config is None:
+        return 1
+    setup_logging("info")
+
+    async def run() -> None:
+        store = await open_store(config.storage)
+        await store.close()
+
+    try:
+        asyncio.run(run())
+    except StoreError as exc:
+        print(f"policy-server: {exc}", file=sys.stderr)
+        return 1
+    print(f"{config.storage.backend} store schema up to date")
     return 0
 
 
@@ -300,7 +340,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run N processes sharing the port (SO_REUSEPORT) and the store",
     )
+    serve.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="answer Dovecot only; deliveries are left to `policy-server worker` processes",
+    )
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+
+    work = sub.add_parser("worker", help="deliver queued notices (no HTTP listener)")
+    _add_config(work)
+    work.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    work.set_defaults(func=_cmd_worker)
+
+    migrate = sub.add_parser("migrate", help="bring the store's schema up to date")
+    _add_config(migrate)
+    migrate.set_defaults(func=_cmd_migrate)
     serve.set_defaults(func=_cmd_serve)
 
     check = sub.add_parser("check-config", help="validate a config file; exit 1 on errors")

@@ -129,3 +129,85 @@ url = "{sink.url}"
     finally:
         service.stop()
     assert service.proc is not None and service.proc.returncode == 0
+
+
+async def test_serve_without_worker_and_a_separate_worker_process(
+    tmp_path: Path, geo_files: dict[str, Path], sink: Sink
+) -> None:
+    port = free_port()
+    config = tmp_path / "policy.toml"
+    db = tmp_path / "store.sqlite3"
+    config.write_text(
+        f"""
+[server]
+listen = "127.0.0.1:{port}"
+[geoip]
+country_db = "{geo_files["country_mmdb"]}"
+asn_db = "{geo_files["asn_mmdb"]}"
+bundled = false
+[storage]
+path = "{db}"
+[queue]
+poll_interval_s = 0.1
+[delivery]
+hold_s = 0
+throttle = []
+[[channels]]
+type = "webhook"
+url = "{sink.url}"
+""",
+        encoding="utf-8",
+    )
+    migrate = subprocess.run(
+        [sys.executable, "-m", "policy_server", "migrate", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert migrate.returncode == 0, migrate.stderr
+    assert "sqlite store schema up to date" in migrate.stdout
+
+    class ServeOnly(Service):
+        def start(self) -> None:
+            log = self.log_path.open("ab")
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "policy_server",
+                    "serve",
+                    "--no-worker",
+                    "-c",
+                    str(self.config_path),
+                ],
+                stdout=log,
+                stderr=log,
+            )
+            log.close()
+
+    service = ServeOnly(config, port, tmp_path / "service.log")
+    service.start()
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        await service.ready()
+        async with aiohttp.ClientSession() as session:
+            for i in range(5):
+                body = {"login": f"u{i}", "remote": "203.0.113.7", "protocol": "imap",
+                        "success": True}  # fmt: skip
+                async with session.post(service.url("report"), data=json.dumps(body)) as resp:
+                    assert resp.status == 200
+        await asyncio.sleep(0.5)
+        assert sink.received == []  # nobody delivers yet
+        with (tmp_path / "worker.log").open("ab") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "policy_server", "worker", "-c", str(config)],
+                stdout=log,
+                stderr=log,
+            )
+        await sink.wait_for(5)
+        assert sorted(n["login"] for n in sink.received) == [f"u{i}" for i in range(5)]
+    finally:
+        service.stop()
+        if worker is not None:
+            worker.terminate()
+            assert worker.wait(15) == 0
