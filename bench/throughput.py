@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import re
 import shutil
 import signal
@@ -38,7 +39,14 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from workload import requests, write_geo, write_history, write_wrk_script  # noqa: E402
+from workload import (  # noqa: E402
+    drop_schema_pg,
+    requests,
+    write_geo,
+    write_history,
+    write_history_pg,
+    write_wrk_script,
+)
 
 
 def free_port() -> int:
@@ -160,7 +168,11 @@ async def open_loop(
     }
 
 
-def service_config(path: Path, port: int, db: Path, geo: dict[str, Path], sink: str) -> Path:
+def service_config(
+    path: Path, port: int, db: Path | str, geo: dict[str, Path], sink: str, dsn: str = ""
+) -> Path:
+    """The service's config; ``db`` is a SQLite file, or a PostgreSQL schema with ``dsn``."""
+    storage = f'backend = "postgres"\ndsn = "{dsn}"\nschema = "{db}"' if dsn else f'path = "{db}"'
     path.write_text(
         f"""
 [server]
@@ -170,7 +182,7 @@ country_db = "{geo["country_mmdb"]}"
 asn_db = "{geo["asn_mmdb"]}"
 bundled = false
 [storage]
-path = "{db}"
+{storage}
 [delivery]
 # deliver while the load runs, not a minute later
 hold_s = 0
@@ -230,6 +242,38 @@ def fill_queue(db: Path, count: int) -> None:
         )
 
 
+async def fill_queue_pg(dsn: str, schema: str, count: int) -> None:
+    import asyncpg
+
+    now = time.time()
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+    try:
+        notices = []
+        deliveries = []
+        for i in range(count):
+            payload = {
+                "id": f"n{i}", "login": f"bulk{i}", "reasons": ["new_country"],
+                "protocol": "imap", "remote": "11.0.0.1", "country": "US", "asn": 65001,
+                "as_org": "Provider 65001", "time": "2026-11-29T00:00:00+00:00",
+                "account": f"bulk{i}", "prefix": "11.0.0.0/24", "history": [],
+            }  # fmt: skip
+            notices.append((f"n{i}", f"bulk{i}", now, '["new_country"]', json.dumps(payload), ""))
+            deliveries.append((f"bulk{i}", f"n{i}", "webhook-0", "queued", now, now + 86400,
+                               now, now))  # fmt: skip
+        await conn.executemany(
+            "INSERT INTO notices (id, account, created, reasons, payload, origin_key)"
+            " VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6)",
+            notices,
+        )
+        await conn.executemany(
+            "INSERT INTO deliveries (account, notice_id, channel, status, next_attempt, deadline,"
+            " created, updated) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            deliveries,
+        )
+    finally:
+        await conn.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accounts", type=int, default=1_000_000)
@@ -239,7 +283,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000.0)
     parser.add_argument("--notices", type=int, default=20_000, help="for the delivery rate")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--workers", type=int, default=1, help="serve --workers N")
     args = parser.parse_args()
+    pg = args.backend == "postgres"
+    tag = f"bench_{os.getpid()}"
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
 
@@ -249,9 +298,21 @@ def main() -> None:
     try:
         t = time.monotonic()
         geo = write_geo(base / "geo")
-        big_db, small_db = base / "big.sqlite3", base / "small.sqlite3"
-        results["origins"] = write_history(big_db, args.accounts)
-        write_history(small_db, args.small)
+        big_db: Path | str
+        small_db: Path | str
+        if pg:
+            big_db, small_db = f"{tag}_large", f"{tag}_small"
+            results["origins"] = asyncio.run(write_history_pg(args.dsn, big_db, args.accounts))
+            asyncio.run(write_history_pg(args.dsn, small_db, args.small))
+        else:
+            big_db, small_db = base / "big.sqlite3", base / "small.sqlite3"
+            results["origins"] = write_history(big_db, args.accounts)
+            write_history(small_db, args.small)
+        results["backend"], results["workers"] = args.backend, args.workers
+        dsn = args.dsn if pg else ""
+        serve = [sys.executable, "-m", "policy_server", "serve", "--log-level", "warning"]
+        if args.workers > 1:
+            serve += ["--workers", str(args.workers)]
         print(
             f"inputs written in {time.monotonic() - t:.0f}s: {results['origins']} origins",
             flush=True,
@@ -320,16 +381,28 @@ def main() -> None:
             time.sleep(1)
             row["notices_delivered_during_runs"] = sink_count(sink_port) - before
             row["rss_mb"], row["peak_rss_mb"] = rss_mb(service.pid)
+            for child in (
+                Path(f"/proc/{service.pid}/task/{service.pid}/children").read_text().split()
+            ):
+                now_mb, peak_mb = rss_mb(int(child))  # serve --workers N: add each process
+                row["rss_mb"] += now_mb
+                row["peak_rss_mb"] += peak_mb
             stop(service)
             figures[label] = row
             print(f"{label}: {json.dumps(row)}", flush=True)
 
         # delivery rate: a full queue, emptied into the sink
-        queue_db = base / "queue.sqlite3"
-        write_history(queue_db, 10)
-        fill_queue(queue_db, args.notices)
+        queue_db: Path | str
+        if pg:
+            queue_db = f"{tag}_queue"
+            asyncio.run(write_history_pg(args.dsn, queue_db, 10))
+            asyncio.run(fill_queue_pg(args.dsn, queue_db, args.notices))
+        else:
+            queue_db = base / "queue.sqlite3"
+            write_history(queue_db, 10)
+            fill_queue(queue_db, args.notices)
         port = free_port()
-        conf = service_config(base / "queue.toml", port, queue_db, geo, sink)
+        conf = service_config(base / "queue.toml", port, queue_db, geo, sink, dsn)
         before = sink_count(sink_port)
         t = time.monotonic()
         service = start(
@@ -359,6 +432,9 @@ def main() -> None:
     finally:
         for proc in procs:
             stop(proc)
+        if pg:
+            for suffix in ("large", "small", "queue"):
+                asyncio.run(drop_schema_pg(args.dsn, f"{tag}_{suffix}"))
         if args.keep:
             print(f"kept {base}")
         else:
@@ -369,7 +445,8 @@ def report(results: dict[str, Any]) -> None:
     f = results["figures"]
     print()
     print(
-        f"history: {results['accounts']} accounts ({results['origins']} origins);"
+        f"{results['backend']} store, {results['workers']} process(es);"
+        f" history: {results['accounts']} accounts ({results['origins']} origins);"
         f" small: {results['small']}"
     )
     for label in ("large", "small"):

@@ -81,18 +81,7 @@ def write_history(db: Path, accounts: int) -> int:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = OFF")
         for start in range(0, accounts, 50_000):
-            account_rows = []
-            origin_rows = []
-            for i in range(start, min(start + 50_000, accounts)):
-                name = f"user{i}@example.jp"
-                first = now - 90 * 86400 + (i % 1000)
-                account_rows.append((name, first, now - 3600, 10, 0))
-                for j in account_networks(i):
-                    net, country, asn = network(j)
-                    prefix = f"{net.network_address}/24"
-                    # active accounts: each origin last used within the past half hour
-                    origin_rows.append((name, prefix, country, f"AS{asn}", f"Provider {asn}",
-                                        first, now - (i * 7) % 1800, 5))  # fmt: skip
+            account_rows, origin_rows = history_rows(start, min(start + 50_000, accounts), now)
             conn.executemany(
                 "INSERT INTO accounts (account, first_seen, last_seen, logins, failures)"
                 " VALUES (?, ?, ?, ?, ?)",
@@ -106,6 +95,78 @@ def write_history(db: Path, accounts: int) -> int:
             origins += len(origin_rows)
         conn.commit()
     return origins
+
+
+def history_rows(
+    start: int, stop: int, now: float
+) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    """Account rows and origin rows for accounts ``start`` to ``stop``."""
+    account_rows: list[tuple[object, ...]] = []
+    origin_rows: list[tuple[object, ...]] = []
+    for i in range(start, stop):
+        name = f"user{i}@example.jp"
+        first = now - 90 * 86400 + (i % 1000)
+        account_rows.append((name, first, now - 3600, 10, 0))
+        for j in account_networks(i):
+            net, country, asn = network(j)
+            # active accounts: each origin last used within the past half hour
+            origin_rows.append((name, f"{net.network_address}/24", country, f"AS{asn}",
+                                f"Provider {asn}", first, now - (i * 7) % 1800, 5))  # fmt: skip
+    return account_rows, origin_rows
+
+
+async def write_history_pg(dsn: str, schema: str, accounts: int) -> int:
+    """The same history in a PostgreSQL schema (created by the service's migrations)."""
+    import asyncpg
+
+    from policy_server.config import StorageConfig
+    from policy_server.store import open_store
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        store = await open_store(StorageConfig(backend="postgres", dsn=dsn, schema=schema))
+        await store.close()
+        now = time.time()
+        origins = 0
+        for start in range(0, accounts, 50_000):
+            account_rows, origin_rows = history_rows(start, min(start + 50_000, accounts), now)
+            await conn.copy_records_to_table(
+                "accounts",
+                records=account_rows,
+                columns=["account", "first_seen", "last_seen", "logins", "failures"],
+                schema_name=schema,
+            )
+            await conn.copy_records_to_table(
+                "origins",
+                records=origin_rows,
+                columns=[
+                    "account",
+                    "prefix",
+                    "country",
+                    "provider",
+                    "as_org",
+                    "first_seen",
+                    "last_seen",
+                    "count",
+                ],
+                schema_name=schema,
+            )
+            origins += len(origin_rows)
+        await conn.execute(f"ANALYZE {schema}.accounts; ANALYZE {schema}.origins")
+        return origins
+    finally:
+        await conn.close()
+
+
+async def drop_schema_pg(dsn: str, schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    finally:
+        await conn.close()
 
 
 @dataclass(frozen=True, slots=True)
