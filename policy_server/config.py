@@ -11,6 +11,7 @@ import ipaddress
 import re
 import string
 import tomllib
+import warnings
 import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -92,13 +94,34 @@ class GeoipConfig(_Model):
     ipv6_prefix: int = Field(default=48, ge=16, le=128)
 
 
-class StorageConfig(_Model):
-    backend: Literal["sqlite"] = "sqlite"
-    path: str = "var/policy-server.sqlite3"
-    group_commit_wait_ms: float = Field(default=2.0, ge=0, le=100)
-    group_commit_max_batch: int = Field(default=256, ge=1, le=10_000)
-    busy_timeout_ms: int = Field(default=5000, ge=0, le=60_000)
-    synchronous: Literal["normal", "full"] = "normal"
+# "schema" is the natural key name in the file; pydantic warns that it shadows the deprecated
+# BaseModel.schema() method, which this model never uses.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "schema"', category=UserWarning)
+
+    class StorageConfig(_Model):
+        backend: Literal["sqlite", "postgres"] = "sqlite"
+        path: str = "var/policy-server.sqlite3"
+        group_commit_wait_ms: float = Field(default=2.0, ge=0, le=100)
+        group_commit_max_batch: int = Field(default=256, ge=1, le=10_000)
+        busy_timeout_ms: int = Field(default=5000, ge=0, le=60_000)
+        synchronous: Literal["normal", "full"] = "normal"
+        # PostgreSQL: the connection string, the schema holding the tables, the pool's size
+        dsn: str = Field(default="", validate_default=True)
+        schema: str = Field(  # type: ignore[assignment]
+            default="public", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+        )
+        pool_size: int = Field(default=10, ge=1, le=1000)
+
+        @field_validator("dsn")
+        @classmethod
+        def _check_dsn(cls, value: str, info: ValidationInfo) -> str:
+            if info.data.get("backend") == "postgres" and not value.strip():
+                raise ValueError(
+                    'required when backend is "postgres",'
+                    ' e.g. "postgresql://policy@db.example.org/policy"'
+                )
+            return value
 
 
 class AccountsConfig(_Model):

@@ -62,7 +62,12 @@ async def replay(config: Config, events: Sequence[Event]) -> ReplayResult:
     notified: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="policy-server-replay-") as directory:
         storage = config.storage.model_copy(
-            update={"path": str(Path(directory) / "replay.sqlite3"), "synchronous": "normal"}
+            # always a throw-away SQLite file, whatever the live store is
+            update={
+                "backend": "sqlite",
+                "path": str(Path(directory) / "replay.sqlite3"),
+                "synchronous": "normal",
+            }
         )
         resolver = await asyncio.to_thread(OriginResolver.from_config, config.geoip)
         resolver.networks = KnownNetworks.load(config.networks)

@@ -419,3 +419,15 @@ def test_check_config_reports_bad_network_lists(tmp_path: Path, geo_files: dict[
         tmp_path / "c.toml", geo_files, tmp_path / "s.sqlite3", f'[networks]\nfiles = ["{lists}"]\n'
     )
     assert main(["check-config", "-c", str(conf)]) == 1
+
+
+async def test_replay_never_uses_the_live_postgres_store(
+    make_config: Callable[..., Config],
+) -> None:
+    # a live store nobody can reach: the replay must not even try it
+    live = make_config(
+        storage={"backend": "postgres", "dsn": "postgresql://nobody@127.0.0.1:1/none"}
+    )
+    events = sorted(read_events([LOGS], TOKYO), key=lambda e: e.at)
+    result = await replay(live, events)
+    assert result.notices == 4

@@ -14,6 +14,10 @@ async def open_store(config: StorageConfig) -> Store:
         from .sqlite import SQLiteStore
 
         store: Store = SQLiteStore(config)
+    elif config.backend == "postgres":
+        from .postgres import PostgresStore
+
+        store = PostgresStore(config)
     else:  # pragma: no cover - the config model admits only known backends
         raise StoreError(f"unknown storage backend {config.backend!r}")
     await store.open()

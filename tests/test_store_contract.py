@@ -1,0 +1,853 @@
+"""The store contract: the same behaviour from every backend (SQLite, PostgreSQL).
+
+The PostgreSQL cases run against ``postgresql://postgres@127.0.0.1:5432/test`` (override with
+POLICY_SERVER_TEST_DSN), each test in a schema of its own that is dropped afterwards. When the
+server is unreachable they are skipped, unless POLICY_SERVER_REQUIRE_POSTGRES=1 makes them fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from policy_server.config import PolicyConfig, StorageConfig
+from policy_server.model import AddressClass, History, Origin, Reason
+from policy_server.policy import Decision, decide
+from policy_server.store import open_store
+from policy_server.store.base import (
+    Contact,
+    DeliveryResult,
+    HeldFilter,
+    Outcome,
+    Store,
+    StoreError,
+    SuccessfulLogin,
+)
+
+POLICY = PolicyConfig()
+DSN = os.environ.get("POLICY_SERVER_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+REQUIRE_POSTGRES = os.environ.get("POLICY_SERVER_REQUIRE_POSTGRES") == "1"
+DAY = 86400.0
+
+JP = ("203.0.113.0/24", "JP", 64500)
+US = ("198.51.100.0/24", "US", 64510)
+DE = ("192.0.2.0/24", "DE", 64520)
+
+
+def origin(
+    prefix: str = JP[0], country: str | None = JP[1], asn: int | None = JP[2], address: str = ""
+) -> Origin:
+    return Origin(address or prefix.split("/")[0], AddressClass.GLOBAL, prefix, country, asn, None)
+
+
+def login(
+    account: str = "alice", o: Origin | None = None, at: float = 1000.0, protocol: str = "imap"
+) -> SuccessfulLogin:
+    o = o or origin()
+    return SuccessfulLogin(account, account, protocol, o.address, o, at)
+
+
+def policy_decide(history: History, o: Origin, at: float) -> Decision:
+    return decide(history, o, at, POLICY)
+
+
+async def record(
+    store: Store,
+    item: SuccessfulLogin,
+    touch_after: float = 3600.0,
+    *,
+    channels: tuple[str, ...] = ("hook",),
+    coalesce_s: float = 0.0,
+) -> Outcome:
+    return await store.record_success(
+        item,
+        policy_decide,
+        list(channels),
+        touch_after=touch_after,
+        deadline_s=3600.0,
+        coalesce_s=coalesce_s,
+    )
+
+
+# -- backends ----------------------------------------------------------------------------------
+
+_reachable: dict[str, str | None] = {}
+
+
+async def postgres_problem() -> str | None:
+    """Why PostgreSQL cannot be used here, or None when it can."""
+    if "result" not in _reachable:
+        try:
+            import asyncpg
+        except ImportError:
+            _reachable["result"] = "asyncpg is not installed (pip install '.[postgres]')"
+        else:
+            try:
+                conn = await asyncpg.connect(DSN, timeout=5)
+                await conn.close()
+                _reachable["result"] = None
+            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+                _reachable["result"] = f"PostgreSQL at {DSN} is unreachable: {exc}"
+    return _reachable["result"]
+
+
+async def require_postgres() -> None:
+    problem = await postgres_problem()
+    if problem is None:
+        return
+    if REQUIRE_POSTGRES:
+        pytest.fail(f"{problem} (POLICY_SERVER_REQUIRE_POSTGRES=1)")
+    pytest.skip(problem)
+
+
+async def drop_schema(schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(DSN, timeout=10)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@dataclass
+class Backend:
+    """How to open (and open again) the store under test."""
+
+    name: str
+    config: StorageConfig
+
+    async def open(self) -> Store:
+        return await open_store(self.config)
+
+
+@pytest.fixture
+async def postgres_schema() -> AsyncIterator[str]:
+    await require_postgres()
+    schema = f"t_{secrets.token_hex(8)}"
+    try:
+        yield schema
+    finally:
+        await drop_schema(schema)
+
+
+def postgres_config(schema: str, **extra: Any) -> StorageConfig:
+    return StorageConfig(
+        backend="postgres", dsn=DSN, schema=schema, group_commit_wait_ms=1, **extra
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        yield Backend(
+            "sqlite", StorageConfig(path=str(tmp_path / "s.sqlite3"), group_commit_wait_ms=1)
+        )
+        return
+    await require_postgres()
+    schema = f"t_{secrets.token_hex(8)}"
+    try:
+        yield Backend("postgres", postgres_config(schema))
+    finally:
+        await drop_schema(schema)
+
+
+@pytest.fixture
+async def store(backend: Backend) -> AsyncIterator[Store]:
+    s = await backend.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def statuses(store: Store) -> dict[str, int]:
+    return await store.outbox_counts()
+
+
+async def notice_count(store: Store) -> int:
+    return len(await store.list_deliveries(limit=10_000))
+
+
+# -- recording logins --------------------------------------------------------------------------
+
+
+async def test_first_login_creates_history_and_notice(store: Store) -> None:
+    outcome = await record(store, login())
+    assert outcome.decision.reasons == (Reason.FIRST_USE,)
+    assert outcome.notice_id is not None and outcome.wrote
+    history = await store.history("alice")
+    assert [(k.prefix, k.country, k.provider, k.count) for k in history.origins] == [
+        ("203.0.113.0/24", "JP", "AS64500", 1)
+    ]
+    (delivery,) = await store.list_deliveries()
+    assert (delivery["id"], delivery["channel"], delivery["status"]) == (
+        outcome.notice_id,
+        "hook",
+        "queued",
+    )
+    assert delivery["account"] == "alice" and delivery["reasons"] == ["first_use"]
+
+
+async def test_fresh_repeat_login_writes_nothing(store: Store) -> None:
+    await record(store, login(at=1000.0))
+    outcome = await record(store, login(at=1100.0))
+    assert not outcome.wrote and outcome.notice_id is None
+    assert (await store.history("alice")).origins[0].count == 1
+    record_ = await store.account_record("alice")
+    assert record_ is not None and record_["account"]["logins"] == 1
+
+
+async def test_stale_repeat_login_touches_last_seen(store: Store) -> None:
+    await record(store, login(at=1000.0))
+    outcome = await record(store, login(at=9000.0))
+    assert outcome.wrote and outcome.notice_id is None
+    known = (await store.history("alice")).origins[0]
+    assert (known.first_seen, known.last_seen, known.count) == (1000.0, 9000.0, 2)
+
+
+async def test_new_country_and_provider(store: Store) -> None:
+    await record(store, login())
+    other = await record(store, login(o=origin(*US), at=1001.0))
+    assert other.decision.reasons == (Reason.NEW_COUNTRY, Reason.NEW_PROVIDER)
+    assert other.notice_id is not None
+    unknown = await record(store, login(o=origin("198.18.0.0/24", None, None), at=1002.0))
+    assert unknown.decision.reasons == () and unknown.notice_id is None
+    assert len((await store.history("alice")).origins) == 3
+
+
+async def test_unknown_country_and_provider_are_stored_as_such(store: Store) -> None:
+    await record(store, login(o=origin("198.18.0.0/24", None, None)))
+    known = (await store.history("alice")).origins[0]
+    assert known.country is None and known.provider is None
+    # the same unknown origin again is recognised (NULLs would never compare equal)
+    again = await record(store, login(o=origin("198.18.0.0/24", None, None), at=1001.0))
+    assert not again.wrote
+
+
+async def test_concurrent_first_logins_queue_one_notice(store: Store) -> None:
+    outcomes = await asyncio.gather(*(record(store, login(at=1000.0 + i)) for i in range(20)))
+    assert sum(1 for o in outcomes if o.notice_id) == 1
+    assert await notice_count(store) == 1
+
+
+async def test_concurrent_logins_of_many_accounts(store: Store) -> None:
+    outcomes = await asyncio.gather(*(record(store, login(f"user{i}")) for i in range(50)))
+    assert all(o.notice_id for o in outcomes)
+    assert await statuses(store) == {"queued": 50}
+
+
+async def test_failures_counted_apart_never_create_history(store: Store) -> None:
+    await store.record_failure("nobody", 1000.0)
+    assert await store.account_record("nobody") is None
+    await record(store, login())
+    await store.record_failure("alice", 1001.0)
+    await store.record_failure("alice", 1002.0)
+    found = await store.account_record("alice")
+    assert found is not None
+    assert (found["account"]["failures"], found["account"]["last_failure"]) == (2, 1002.0)
+    assert len((await store.history("alice")).origins) == 1
+
+
+async def test_a_failing_decision_fails_its_login_and_the_writer_lives_on(store: Store) -> None:
+    def broken(history: History, o: Origin, at: float) -> Decision:
+        raise TypeError("a bug in a decision")
+
+    with pytest.raises(StoreError, match="a bug in a decision"):
+        await asyncio.wait_for(
+            store.record_success(login(), broken, ["hook"], touch_after=0, deadline_s=60),
+            timeout=5,
+        )
+    outcome = await asyncio.wait_for(record(store, login("bob")), timeout=5)
+    assert outcome.notice_id is not None
+
+
+async def test_logins_from_a_pending_notices_origin_join_it(store: Store) -> None:
+    first = await record(store, login(at=1000.0), coalesce_s=600.0)
+    await record(store, login(at=1010.0, protocol="smtp"), touch_after=0, coalesce_s=600.0)
+    await record(store, login(at=1020.0, protocol="smtp"), touch_after=0, coalesce_s=600.0)
+    assert first.notice_id is not None
+    detail = await store.notice_detail(first.notice_id)
+    assert detail is not None
+    assert detail[0].protocols == ("imap", "smtp")
+
+
+async def test_data_survives_reopen(backend: Backend) -> None:
+    s = await backend.open()
+    outcome = await record(s, login())
+    await s.close()
+    s = await backend.open()
+    try:
+        assert len((await s.history("alice")).origins) == 1
+        claimed = await s.claim("w", 10, now=2000.0, lease_s=30)
+        assert [d.notice.id for d in claimed] == [outcome.notice_id]
+    finally:
+        await s.close()
+
+
+# -- the queue ---------------------------------------------------------------------------------
+
+
+async def test_notice_payload_keeps_reasons_and_history_snapshot(store: Store) -> None:
+    await record(store, login())
+    outcome = await record(store, login(o=origin(*DE), at=1001.0))
+    batch = await store.claim("w", 10, now=2000.0, lease_s=30)
+    notice = next(d.notice for d in batch if d.notice.id == outcome.notice_id)
+    assert notice.reasons == (Reason.NEW_COUNTRY, Reason.NEW_PROVIDER)
+    assert [h["prefix"] for h in notice.history] == ["203.0.113.0/24"]
+    assert notice.country == "DE" and notice.asn == 64520
+    assert notice.time.isoformat() == "1970-01-01T00:16:41+00:00"
+
+
+async def test_claim_finish_retry_dead(store: Store) -> None:
+    for account in ("a", "b", "c"):
+        await record(store, login(account))
+    claimed = await store.claim("w1", 10, now=2000.0, lease_s=30)
+    assert len(claimed) == 3 and all(d.attempts == 1 for d in claimed)
+    assert await store.claim("w2", 10, now=2001.0, lease_s=30) == []
+    by_account = {d.notice.account: d for d in claimed}
+    a, b, c = by_account["a"], by_account["b"], by_account["c"]
+    await store.finish(
+        "w1",
+        [
+            DeliveryResult(a.notice.id, "hook", "sent"),
+            DeliveryResult(b.notice.id, "hook", "queued", "HTTP 500", next_attempt=2100.0),
+            DeliveryResult(c.notice.id, "hook", "dead", "HTTP 400"),
+        ],
+        now=2002.0,
+    )
+    assert await statuses(store) == {"sent": 1, "queued": 1, "dead": 1}
+    assert await store.claim("w1", 10, now=2050.0, lease_s=30) == []
+    again = await store.claim("w1", 10, now=2100.0, lease_s=30)
+    assert [d.notice.id for d in again] == [b.notice.id] and again[0].attempts == 2
+    dead = await store.list_deliveries("dead")
+    assert dead[0]["last_error"] == "HTTP 400" and dead[0]["reasons"] == ["first_use"]
+    assert dead[0]["account"] == "c"
+
+
+async def test_claim_takes_at_most_the_limit(store: Store) -> None:
+    for i in range(5):
+        await record(store, login(f"u{i}"))
+    first = await store.claim("w1", 3, now=2000.0, lease_s=30)
+    second = await store.claim("w2", 3, now=2000.0, lease_s=30)
+    assert (len(first), len(second)) == (3, 2)
+    assert not {d.notice.id for d in first} & {d.notice.id for d in second}
+
+
+async def test_expired_lease_returns_claim_and_stale_owner_cannot_finish(store: Store) -> None:
+    await record(store, login())
+    first = await store.claim("dead-worker", 10, now=2000.0, lease_s=30)
+    assert await store.claim("w2", 10, now=2029.0, lease_s=30) == []
+    taken = await store.claim("w2", 10, now=2031.0, lease_s=30)
+    assert [d.notice.id for d in taken] == [first[0].notice.id]
+    assert taken[0].attempts == 2
+    # the first owner's late result does not overwrite the new owner's claim
+    await store.finish(
+        "dead-worker", [DeliveryResult(first[0].notice.id, "hook", "dead", "x")], 2032.0
+    )
+    assert await statuses(store) == {"sending": 1}
+    await store.finish("w2", [DeliveryResult(first[0].notice.id, "hook", "sent")], 2033.0)
+    assert await statuses(store) == {"sent": 1}
+
+
+async def test_folding_into_a_sent_notice(store: Store) -> None:
+    one = await record(store, login(at=1000.0))
+    two = await record(store, login(o=origin(*US), at=1001.0))
+    three = await record(store, login(o=origin(*DE), at=1002.0))
+    assert one.notice_id and two.notice_id and three.notice_id
+    claimed = await store.claim("w1", 2, now=2000.0, lease_s=30)
+    ids = {d.notice.id for d in claimed}
+    # whichever two were claimed, the third is still queued
+    (queued_id,) = {one.notice_id, two.notice_id, three.notice_id} - ids
+    sent_id, claimed_other = sorted(ids)
+    # another owner cannot fold a delivery it did not claim
+    await store.finish(
+        "w2", [DeliveryResult(claimed_other, "hook", "folded", folded_into=sent_id)], 2001.0
+    )
+    assert await statuses(store) == {"sending": 2, "queued": 1}
+    await store.finish(
+        "w1",
+        [
+            DeliveryResult(sent_id, "hook", "sent"),
+            DeliveryResult(claimed_other, "hook", "folded", folded_into=sent_id),
+            DeliveryResult(queued_id, "hook", "folded", folded_into=sent_id),
+        ],
+        2002.0,
+    )
+    assert await statuses(store) == {"sent": 1, "folded": 2}
+    detail = await store.notice_detail(queued_id)
+    assert detail is not None
+    assert detail[1][0]["status"] == "folded" and detail[1][0]["folded_into"] == sent_id
+
+
+async def test_deferred_and_held_give_back_the_attempt(store: Store) -> None:
+    await record(store, login("a"))
+    await record(store, login("b"))
+    claimed = {d.notice.account: d for d in await store.claim("w", 10, 2000.0, 30)}
+    await store.finish(
+        "w",
+        [
+            DeliveryResult(
+                claimed["a"].notice.id, "hook", "deferred", "quiet hours", next_attempt=2500.0
+            ),
+            DeliveryResult(claimed["b"].notice.id, "hook", "held", "breaker"),
+        ],
+        2001.0,
+    )
+    assert await statuses(store) == {"queued": 1, "held": 1}
+    assert await store.claim("w", 10, 2400.0, 30) == []
+    (again,) = await store.claim("w", 10, 2500.0, 30)
+    assert again.notice.account == "a" and again.attempts == 1
+    held = await store.list_deliveries("held")
+    assert held[0]["attempts"] == 0 and held[0]["last_error"] == "breaker"
+
+
+async def test_shadow_and_undeliverable(store: Store) -> None:
+    await record(store, login("a"))
+    await record(store, login("b"))
+    claimed = {d.notice.account: d for d in await store.claim("w", 10, 2000.0, 30)}
+    await store.finish(
+        "w",
+        [
+            DeliveryResult(claimed["a"].notice.id, "hook", "shadow"),
+            DeliveryResult(claimed["b"].notice.id, "hook", "undeliverable", "no address"),
+        ],
+        2001.0,
+    )
+    assert await statuses(store) == {"shadow": 1, "undeliverable": 1}
+    # a shadowed delivery counts as sent for the per-account limit
+    assert await store.sent_times("a", "hook", 0.0) == [2001.0]
+    assert await store.sent_times("b", "hook", 0.0) == []
+
+
+async def test_unknown_finish_status_is_refused(store: Store) -> None:
+    await record(store, login())
+    (d,) = await store.claim("w", 10, 2000.0, 30)
+    with pytest.raises(StoreError):
+        await store.finish("w", [DeliveryResult(d.notice.id, "hook", "lost")], 2001.0)
+
+
+# -- recipients and delivery rules -------------------------------------------------------------
+
+
+async def test_contacts_upsert_and_remove(store: Store) -> None:
+    assert await store.contact("alice") is None
+    count = await store.upsert_contacts(
+        [Contact("alice", "a@example.jp", None, "ja", "Asia/Tokyo"), Contact("bob", None, "+81")],
+        1000.0,
+    )
+    assert count == 2
+    assert await store.contact("alice") == Contact(
+        "alice", "a@example.jp", None, "ja", "Asia/Tokyo"
+    )
+    await store.upsert_contacts([Contact("alice", "new@example.jp", None, "en", None)], 1001.0)
+    assert await store.contact("alice") == Contact("alice", "new@example.jp", None, "en", None)
+    assert await store.remove_contact("alice") is True
+    assert await store.remove_contact("alice") is False
+    assert await store.contact("alice") is None
+    assert await store.contact("bob") == Contact("bob", None, "+81")
+
+
+async def test_sent_times(store: Store) -> None:
+    for at in (1000.0, 1001.0):
+        await record(store, login(o=origin(*(US if at > 1000 else JP)), at=at))
+    claimed = await store.claim("w", 10, 2000.0, 30)
+    for i, d in enumerate(claimed):
+        await store.finish("w", [DeliveryResult(d.notice.id, "hook", "sent")], 2100.0 + i)
+    assert await store.sent_times("alice", "hook", 0.0) == [2100.0, 2101.0]
+    assert await store.sent_times("alice", "hook", 2101.0) == [2101.0]
+    assert await store.sent_times("alice", "mail", 0.0) == []
+    assert await store.sent_times("bob", "hook", 0.0) == []
+
+
+async def test_waiting_notices(store: Store) -> None:
+    one = await record(store, login(at=1000.0))
+    two = await record(store, login(o=origin(*US), at=1001.0))
+    await record(store, login(o=origin(*DE), at=1002.0))
+    await record(store, login("bob", at=1000.0))
+    waiting = await store.waiting_notices("alice", "hook", 1001.0)
+    assert [n.id for n in waiting] == [one.notice_id, two.notice_id]
+    assert await store.waiting_notices("alice", "mail", 5000.0) == []
+    # claimed ones are not waiting any more
+    await store.claim("w", 10, 2000.0, 30)
+    assert await store.waiting_notices("alice", "hook", 5000.0) == []
+
+
+# -- operators ---------------------------------------------------------------------------------
+
+
+async def test_notice_detail(store: Store) -> None:
+    assert await store.notice_detail("nope") is None
+    outcome = await record(store, login(), channels=("hook", "mail"))
+    assert outcome.notice_id is not None
+    detail = await store.notice_detail(outcome.notice_id)
+    assert detail is not None
+    notice, deliveries = detail
+    assert notice.id == outcome.notice_id and notice.account == "alice"
+    assert [(d["channel"], d["status"], d["attempts"]) for d in deliveries] == [
+        ("hook", "queued", 0),
+        ("mail", "queued", 0),
+    ]
+    assert set(deliveries[0]) == {
+        "channel",
+        "status",
+        "attempts",
+        "next_attempt",
+        "deadline",
+        "last_error",
+        "folded_into",
+        "updated",
+    }
+    assert deliveries[0]["deadline"] == 4600.0
+
+
+async def test_retry_queues_dead_and_undeliverable_again(store: Store) -> None:
+    outcome = await record(store, login(), channels=("hook", "mail", "sms"))
+    assert outcome.notice_id is not None
+    claimed = await store.claim("w", 10, 2000.0, 30)
+    assert len(claimed) == 3
+    await store.finish(
+        "w",
+        [
+            DeliveryResult(outcome.notice_id, "hook", "dead", "HTTP 400"),
+            DeliveryResult(outcome.notice_id, "mail", "undeliverable", "no address"),
+            DeliveryResult(outcome.notice_id, "sms", "sent"),
+        ],
+        2001.0,
+    )
+    assert await store.retry(outcome.notice_id, 3000.0, 9000.0) == 2
+    assert await store.retry(outcome.notice_id, 3000.0, 9000.0) == 0
+    assert await statuses(store) == {"queued": 2, "sent": 1}
+    again = await store.claim("w", 10, 3000.0, 30)
+    assert sorted(d.channel for d in again) == ["hook", "mail"]
+    assert all(d.deadline == 9000.0 for d in again)
+
+
+async def test_purge_keeps_queued_and_held(store: Store) -> None:
+    await record(store, login("sent-one", at=1000.0))
+    (d,) = await store.claim("w", 10, 2000.0, 30)
+    await store.finish("w", [DeliveryResult(d.notice.id, "hook", "sent")], 2001.0)
+    await record(store, login("held-one", at=1500.0))
+    assert await store.hold_queued(1500.0, ["hook"], "breaker", 2002.0) == 1
+    await record(store, login("queued-one", at=1600.0))
+    assert await store.purge(5000.0) == 1
+    left = sorted(d["account"] for d in await store.list_deliveries())
+    assert left == ["held-one", "queued-one"]
+    # a notice newer than the cut stays whatever its state
+    assert await store.purge(1000.0) == 0
+
+
+# -- controls and the breaker ------------------------------------------------------------------
+
+
+async def test_controls_compare_and_set(store: Store) -> None:
+    assert await store.control("breaker") is None
+    assert await store.set_control("breaker", {"state": "open", "n": 1}, 1000.0) is True
+    assert await store.control("breaker") == {"state": "open", "n": 1}
+    # already open: a second opener loses the race
+    assert (
+        await store.set_control("breaker", {"state": "open", "n": 2}, 1001.0, ("state", "open"))
+        is False
+    )
+    assert await store.control("breaker") == {"state": "open", "n": 1}
+    assert (
+        await store.set_control("breaker", {"state": "closed"}, 1002.0, ("state", "closed")) is True
+    )
+    assert (
+        await store.set_control("breaker", {"state": "closed"}, 1003.0, ("state", "closed"))
+        is False
+    )
+    # a key the value lacks never equals the compared value; a missing row is simply set
+    assert await store.set_control("pause", {"paused": True}, 1004.0, ("paused", True)) is True
+    assert await store.set_control("pause", {"paused": True}, 1005.0, ("paused", True)) is False
+    assert await store.set_control("pause", {"paused": False}, 1006.0, ("paused", False)) is True
+    assert await store.control("pause") == {"paused": False}
+    assert await store.set_control("geo", {"files": {"a": [1, 2]}}, 1007.0, ("x", None)) is True
+    assert await store.control("geo") == {"files": {"a": [1, 2]}}
+
+
+async def test_notice_rates(store: Store) -> None:
+    now = 100_000.0
+    # the baseline: three first uses an hour before
+    for i in range(3):
+        await record(store, login(f"old{i}", at=now - 3600 + i))
+    # the window: five accounts known in JP appear from one new provider in the US
+    for i in range(5):
+        await record(store, login(f"acct{i}", at=now - 7200 + i))
+    for i in range(5):
+        await record(store, login(f"acct{i}", o=origin(*US), at=now - 60 + i))
+    rates = await store.notice_rates(now, window_s=600.0, baseline_s=DAY)
+    assert rates.window == 5
+    assert rates.baseline == 8
+    assert rates.baseline_span_s == pytest.approx(7200.0 - 600.0)
+    assert rates.by_reason == {"new_country": 5, "new_provider": 5}
+    assert (rates.top_provider, rates.top_provider_accounts) == ("AS64510", 5)
+    assert (rates.top_country, rates.top_country_accounts) == ("US", 5)
+    quiet = await store.notice_rates(now + 10 * DAY, window_s=600.0, baseline_s=DAY)
+    assert (quiet.window, quiet.baseline, quiet.baseline_span_s) == (0, 0, 0.0)
+    assert quiet.by_reason == {} and quiet.top_provider is None and quiet.top_country is None
+
+
+async def test_hold_summary_release_and_discard(store: Store) -> None:
+    for i in range(3):
+        await record(store, login(f"u{i}", at=1000.0 + i))
+    for i in range(3):
+        await record(store, login(f"u{i}", o=origin(*US), at=1100.0 + i), channels=("hook", "ops"))
+    await record(store, login("victim", at=1000.0))
+    await record(store, login("victim", o=origin(*DE), at=1200.0))
+    await record(store, login("before", at=1040.0))
+    # only the queued deliveries through the named channels created since the cut are held
+    assert await store.hold_queued(1050.0, ["hook"], "breaker", 1250.0) == 4
+    assert await store.hold_queued(1050.0, [], "breaker", 1250.0) == 0
+    summary = await store.held_summary(HeldFilter())
+    assert summary["reason"] == {"new_country": 4, "new_provider": 4}
+    assert summary["provider"] == {"AS64510": 3, "AS64520": 1}
+    assert summary["country"] == {"US": 3, "DE": 1}
+    assert summary["channel"] == {"hook": 4}
+    assert (await store.held_summary(HeldFilter(country="de")))["channel"] == {"hook": 1}
+    assert (await store.held_summary(HeldFilter(reason="first_use")))["channel"] == {}
+
+    # the one real case is released first, at a bounded rate
+    assert await store.release_held(HeldFilter(account="victim"), 2000.0, 1.0) == 1
+    claimed = await store.claim("w", 20, 2000.0, 30)
+    (released,) = [d for d in claimed if d.released]
+    assert released.notice.account == "victim" and released.notice.country == "DE"
+    # the rest were never held: the queued first uses and the ops channel
+    assert len(claimed) == 1 + 5 + 3
+    assert released.deadline >= 2000.0 + DAY
+    # the storm is discarded, with a note of who did it
+    assert await store.discard_held(HeldFilter(provider="AS64510"), "discarded by ops", 2001.0) == 3
+    assert (await store.held_summary(HeldFilter()))["channel"] == {}
+    discarded = await store.list_deliveries("discarded")
+    assert {d["last_error"] for d in discarded} == {"discarded by ops"}
+    assert await store.release_held(HeldFilter(), 2002.0, 1.0) == 0
+
+
+async def test_release_is_paced_oldest_first(store: Store) -> None:
+    for i in range(3):
+        await record(store, login(f"u{i}", at=1000.0 + i))
+    assert await store.hold_queued(0.0, ["hook"], "geo", 1100.0) == 3
+    assert await store.release_held(HeldFilter(reason="first_use"), 2000.0, 0.5) == 3
+    due = [(await store.claim("w", 10, now, 30)) for now in (2000.0, 2002.0, 2004.0)]
+    assert [[d.notice.account for d in batch] for batch in due] == [["u0"], ["u1"], ["u2"]]
+    assert all(d.released for batch in due for d in batch)
+
+
+async def test_sample_origins(store: Store) -> None:
+    assert await store.sample_origins(5) == []
+    await record(store, login("a"))
+    await record(store, login("b", o=origin("198.18.0.0/24", None, None)))
+    await record(store, login("c", o=origin(*US)))
+    sample = await store.sample_origins(10)
+    assert sorted(sample, key=lambda s: s[0]) == [
+        ("198.18.0.0/24", None, None),
+        ("198.51.100.0/24", "US", "AS64510"),
+        ("203.0.113.0/24", "JP", "AS64500"),
+    ]
+    assert len(await store.sample_origins(2)) == 2
+
+
+# -- privacy and history -----------------------------------------------------------------------
+
+
+async def test_account_record_and_forget(store: Store) -> None:
+    assert await store.account_record("alice") is None
+    for account in ("alice", "bob"):
+        await record(store, login(account, at=1000.0))
+        await record(store, login(account, o=origin(*US), at=1001.0))
+    await store.record_failure("alice", 1002.0)
+    await store.upsert_contacts([Contact("alice", "a@example.jp", None, None, None)], 1003.0)
+    found = await store.account_record("alice")
+    assert found is not None
+    assert found["account"] == {
+        "account": "alice",
+        "first_seen": 1000.0,
+        "last_seen": 1001.0,
+        "logins": 2,
+        "failures": 1,
+        "last_failure": 1002.0,
+    }
+    assert found["contact"] == {
+        "email": "a@example.jp",
+        "phone": None,
+        "language": None,
+        "timezone": None,
+    }
+    assert [o["prefix"] for o in found["origins"]] == ["198.51.100.0/24", "203.0.113.0/24"]
+    assert [d["reasons"] for d in found["decisions"]] == [
+        ["new_country", "new_provider"],
+        ["first_use"],
+    ]
+    assert all(d["notified"] is True for d in found["decisions"])
+    assert [n["reasons"] for n in found["notices"]] == [
+        ["new_country", "new_provider"],
+        ["first_use"],
+    ]
+    assert found["notices"][1]["history"] == []
+    limited = await store.account_record("alice", decisions=1)
+    assert limited is not None and len(limited["decisions"]) == 1
+
+    counts = await store.forget("alice")
+    assert counts == {"origins": 2, "decisions": 2, "notices": 2, "contacts": 1, "accounts": 1}
+    assert await store.account_record("alice") is None
+    assert (await store.history("alice")).origins == ()
+    assert {d["account"] for d in await store.list_deliveries()} == {"bob"}
+    assert await statuses(store) == {"queued": 2}
+    assert await store.forget("alice") == dict.fromkeys(counts, 0)
+    # a contact alone is a record too
+    await store.upsert_contacts([Contact("carol", "c@example.jp")], 1004.0)
+    only = await store.account_record("carol")
+    assert only is not None and only["account"] == {"account": "carol"}
+
+
+async def test_housekeeping_cuts_old_addresses_and_purges_forgotten_origins(
+    store: Store,
+) -> None:
+    now = 1_000 * DAY
+
+    async def at(account: str, where: tuple[str, str, int], address: str, when: float) -> None:
+        o = origin(*where, address=address)
+        await store.record_success(
+            SuccessfulLogin(account, account, "imap", address, o, when),
+            policy_decide,
+            ["log"],
+            touch_after=0,
+            deadline_s=DAY,
+        )
+
+    await at("old", JP, "203.0.113.7", now - 400 * DAY)
+    await at("old", US, "198.51.100.9", now - 1 * DAY)  # 399 days later, elsewhere
+    await at("idle", JP, "203.0.113.7", now - 500 * DAY)  # idle since: keeps its origin
+    await at("recent", US, "198.51.100.9", now - 3600)
+    counts = await store.housekeeping(now, 30 * DAY, 365 * DAY)
+    assert counts == {"addresses_cut": 2, "origins_purged": 1}
+    remotes = []
+    for account in ("old", "idle", "recent"):
+        found = await store.account_record(account)
+        assert found is not None
+        remotes += [n["remote"] for n in found["notices"]]
+    # the two notices older than 30 days keep only the prefix
+    assert sorted(remotes) == ["198.51.100.9", "198.51.100.9", "203.0.113.0/24", "203.0.113.0/24"]
+    origins = {a: [k.prefix for k in (await store.history(a)).origins] for a in ("old", "idle")}
+    assert origins == {"old": ["198.51.100.0/24"], "idle": ["203.0.113.0/24"]}
+    assert await store.housekeeping(now, 30 * DAY, 365 * DAY) == {
+        "addresses_cut": 0,
+        "origins_purged": 0,
+    }
+
+
+async def test_closed_store_refuses_work(backend: Backend) -> None:
+    s = await backend.open()
+    await s.close()
+    with pytest.raises(StoreError):
+        await record(s, login())
+
+
+# -- PostgreSQL: several nodes on one database -------------------------------------------------
+
+
+async def open_nodes(schema: str, count: int) -> list[Store]:
+    return list(await asyncio.gather(*(open_store(postgres_config(schema)) for _ in range(count))))
+
+
+async def close_all(stores: list[Store]) -> None:
+    await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_postgres_nodes_migrate_together_once(postgres_schema: str) -> None:
+    import asyncpg
+
+    nodes = await open_nodes(postgres_schema, 4)
+    await close_all(nodes)
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": postgres_schema})
+    try:
+        versions = [r[0] for r in await conn.fetch("SELECT version FROM schema_version")]
+        tables = {
+            r[0]
+            for r in await conn.fetch(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
+                postgres_schema,
+            )
+        }
+    finally:
+        await conn.close()
+    assert versions == [1]
+    assert {"accounts", "origins", "notices", "deliveries", "contacts", "decisions"} <= tables
+    assert "controls" in tables
+
+
+async def test_postgres_nodes_racing_on_the_same_accounts(postgres_schema: str) -> None:
+    one, two = nodes = await open_nodes(postgres_schema, 2)
+    try:
+        accounts = [f"user{i}" for i in range(30)]
+
+        async def node(store: Store, where: tuple[str, str, int]) -> list[Outcome]:
+            return list(
+                await asyncio.gather(
+                    *(record(store, login(a, origin(*where), at=1000.0)) for a in accounts)
+                )
+            )
+
+        from_jp, from_us = await asyncio.gather(node(one, JP), node(two, US))
+        for account, a, b in zip(accounts, from_jp, from_us, strict=True):
+            reasons = sorted([a.decision.reasons, b.decision.reasons])
+            assert reasons == [
+                (Reason.FIRST_USE,),
+                (Reason.NEW_COUNTRY, Reason.NEW_PROVIDER),
+            ], account
+            assert a.notice_id and b.notice_id
+            found = await one.account_record(account)
+            assert found is not None
+            assert sorted(tuple(n["reasons"]) for n in found["notices"]) == [
+                ("first_use",),
+                ("new_country", "new_provider"),
+            ]
+            assert found["account"]["logins"] == 2
+            assert len(found["origins"]) == 2
+        assert await one.outbox_counts() == {"queued": 60}
+    finally:
+        await close_all(nodes)
+
+
+async def test_postgres_owners_never_claim_the_same_delivery(postgres_schema: str) -> None:
+    nodes = await open_nodes(postgres_schema, 2)
+    try:
+        await asyncio.gather(*(record(nodes[0], login(f"u{i}")) for i in range(60)))
+        taken: dict[str, list[str]] = {"w0": [], "w1": []}
+
+        async def worker(index: int) -> None:
+            store, owner = nodes[index], f"w{index}"
+            while True:
+                batch = await store.claim(owner, 4, now=2000.0, lease_s=60)
+                if not batch:
+                    return
+                taken[owner] += [d.notice.id for d in batch]
+
+        await asyncio.gather(*(worker(i % 2) for i in range(6)))
+        every = taken["w0"] + taken["w1"]
+        assert len(every) == len(set(every)) == 60
+        assert await nodes[1].outbox_counts() == {"sending": 60}
+    finally:
+        await close_all(nodes)
+
+
+async def test_postgres_config_requires_a_dsn() -> None:
+    from policy_server.config import ConfigError, config_from_mapping
+
+    with pytest.raises(ConfigError) as err:
+        config_from_mapping({"storage": {"backend": "postgres"}})
+    assert "storage.dsn" in dict(err.value.errors)
+
+
+async def test_postgres_unreachable_is_a_store_error() -> None:
+    pytest.importorskip("asyncpg")
+    config = StorageConfig(backend="postgres", dsn="postgresql://nobody@127.0.0.1:1/none")
+    with pytest.raises(StoreError, match="cannot open PostgreSQL store"):
+        await asyncio.wait_for(open_store(config), timeout=30)
