@@ -17,10 +17,7 @@ import functools
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar
 
@@ -28,10 +25,8 @@ import asyncpg
 
 from ..config import StorageConfig
 from ..model import History, KnownOrigin, Notice
-from ..policy import KNOWN
 from .base import (
     Contact,
-    Decide,
     Delivery,
     DeliveryResult,
     HeldFilter,
@@ -40,15 +35,15 @@ from .base import (
     Store,
     StoreError,
     SuccessfulLogin,
-    origin_snapshot,
 )
-from .sqlite import (
+from .batch import (
     RELEASED,
-    _known,
-    _notice_from_payload,
-    _notice_payload,
-    _remember,
-    origin_key,
+    GroupCommit,
+    Op,
+    RecordOp,
+    known_origin,
+    notice_from_payload,
+    plan_batch,
 )
 
 log = logging.getLogger("policy_server.store")
@@ -58,28 +53,6 @@ _RETRIES = 3
 # Namespaces of the advisory locks: (namespace, hashtext(key)) pairs, never bare bigints.
 _ACCOUNT_LOCKS = "policy_server.account"
 _MIGRATION_LOCK = "policy_server.migrate."
-
-
-@dataclass(slots=True)
-class _RecordOp:
-    login: SuccessfulLogin
-    decide: Decide
-    channels: Sequence[str]
-    touch_after: float
-    deadline_s: float
-    hold_s: float
-    coalesce_s: float
-    future: asyncio.Future[Outcome] = field(repr=False)
-
-
-@dataclass(slots=True)
-class _FailureOp:
-    account: str
-    at: float
-    future: asyncio.Future[Outcome] = field(repr=False)
-
-
-_Op = _RecordOp | _FailureOp
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -273,14 +246,14 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else _dumps(value)
 
 
-class PostgresStore(Store):
+class PostgresStore(GroupCommit, Store):
     """PostgreSQL through an asyncpg pool; group commit through one writer task per process."""
 
     def __init__(self, config: StorageConfig) -> None:
         self._config = config
         self._schema = config.schema
         self._pool: asyncpg.Pool | None = None
-        self._queue: asyncio.Queue[_Op] = asyncio.Queue()
+        self._queue: asyncio.Queue[Op] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
         #: login transactions committed, and logins they carried (group-commit efficiency)
         self.commits = 0
@@ -321,10 +294,7 @@ class PostgresStore(Store):
                 await asyncio.wait_for(pool.close(), timeout=10)
             except (TimeoutError, *_DRIVER_ERRORS):
                 pool.terminate()
-        while not self._queue.empty():
-            op = self._queue.get_nowait()
-            if not op.future.done():
-                op.future.set_exception(StoreError("store closed"))
+        self._fail_queued()
 
     async def _migrate(self, conn: Any) -> None:
         # Processes starting together must not migrate at the same time: the version check and
@@ -376,7 +346,7 @@ class PostgresStore(Store):
     @_store_errors
     async def history(self, account: str) -> History:
         rows = await self._fetch(_SELECT_ORIGINS, account)
-        return History(account, tuple(_known(tuple(r)) for r in rows))
+        return History(account, tuple(known_origin(tuple(r)) for r in rows))
 
     @_store_errors
     async def outbox_counts(self) -> dict[str, int]:
@@ -400,84 +370,9 @@ class PostgresStore(Store):
         rows = await self._fetch(sql, *params, limit)
         return [{**dict(row), "reasons": json.loads(_text(row["reasons"]))} for row in rows]
 
-    # -- group-committed writes ------------------------------------------------------------
+    _quiet_errors = (*_DRIVER_ERRORS, StoreError)
 
-    async def record_success(
-        self,
-        login: SuccessfulLogin,
-        decide: Decide,
-        channels: Sequence[str],
-        *,
-        touch_after: float,
-        deadline_s: float,
-        hold_s: float = 0.0,
-        coalesce_s: float = 0.0,
-    ) -> Outcome:
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._submit(
-            _RecordOp(login, decide, channels, touch_after, deadline_s, hold_s, coalesce_s, future)
-        )
-        return await future
-
-    async def record_failure(self, account: str, at: float) -> None:
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._submit(_FailureOp(account, at, future))
-        await future
-
-    def _submit(self, op: _Op) -> None:
-        if self._writer_task is None or self._writer_task.done():
-            raise StoreError("store is not open")
-        self._queue.put_nowait(op)
-
-    async def _next_batch(self) -> list[_Op]:
-        batch = [await self._queue.get()]
-        limit = self._config.group_commit_max_batch
-        wait = self._config.group_commit_wait_ms / 1000
-        loop = asyncio.get_running_loop()
-        until = loop.time() + wait
-        while len(batch) < limit:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-                continue
-            remaining = until - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except TimeoutError:
-                break
-        return batch
-
-    async def _write_loop(self) -> None:
-        while True:
-            batch = await self._next_batch()
-            try:
-                await self._commit_batch(batch)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
-
-    async def _commit_batch(self, batch: list[_Op]) -> None:
-        live = [op for op in batch if not op.future.done()]
-        if not live:
-            return
-        try:
-            results = await self._apply(live)
-        except Exception as exc:
-            # whatever went wrong (a database error, a bug in a decision), the logins waiting
-            # on this batch get an answer and the writer task lives on
-            if not isinstance(exc, (*_DRIVER_ERRORS, StoreError)):
-                log.exception("write batch failed unexpectedly")
-            error = StoreError(f"write failed: {exc}")
-            for op in live:
-                if not op.future.done():
-                    op.future.set_exception(error)
-            return
-        for op, outcome in zip(live, results, strict=True):
-            if not op.future.done():
-                op.future.set_result(outcome)
-
-    async def _apply(self, batch: list[_Op]) -> list[Outcome]:
+    async def _apply_batch(self, batch: list[Op]) -> list[Outcome]:
         for attempt in range(_RETRIES):
             try:
                 async with self._pool_().acquire() as conn, conn.transaction():
@@ -495,126 +390,33 @@ class PostgresStore(Store):
             return results
         raise StoreError("unreachable")  # pragma: no cover
 
-    async def _apply_in_transaction(self, conn: Any, batch: list[_Op]) -> list[Outcome]:
+    async def _apply_in_transaction(self, conn: Any, batch: list[Op]) -> list[Outcome]:
         # Every account this batch writes is locked first, in a fixed order, so that the
         # decisions below see every commit of other nodes about these accounts.
         locked = sorted(
-            {op.login.account if isinstance(op, _RecordOp) else op.account for op in batch}
+            {op.login.account if isinstance(op, RecordOp) else op.account for op in batch}
         )
         await conn.execute(_LOCK_ACCOUNTS, _ACCOUNT_LOCKS, locked)
-        accounts = sorted({op.login.account for op in batch if isinstance(op, _RecordOp)})
+        accounts = sorted({op.login.account for op in batch if isinstance(op, RecordOp)})
         histories: dict[str, list[KnownOrigin]] = {account: [] for account in accounts}
         if accounts:
             for row in await conn.fetch(_SELECT_HISTORIES, accounts):
-                histories[row[0]].append(_known(tuple(row)[1:]))
-        origin_rows: list[tuple[Any, ...]] = []
-        account_rows: list[tuple[Any, ...]] = []
-        failure_rows: list[tuple[Any, ...]] = []
-        notice_rows: list[tuple[Any, ...]] = []
-        delivery_rows: list[tuple[Any, ...]] = []
-        decision_rows: list[tuple[Any, ...]] = []
-        results: list[Outcome] = []
-        for op in batch:
-            if isinstance(op, _FailureOp):
-                failure_rows.append((op.at, op.account))
-                results.append(Outcome(decision=KNOWN, wrote=True))
-                continue
-            login = op.login
-            known = histories[login.account]
-            history = History(login.account, tuple(known))
-            decision = op.decide(history, login.origin, login.at)
-            existing = history.find(login.origin)
-            origin = login.origin
-            key = origin_key(origin.prefix, origin.country, origin.provider)
-            if (
-                existing is not None
-                and not decision.unusual
-                and login.at - existing.first_seen < op.coalesce_s
-            ):
-                await self._join_pending(conn, login, key, login.at - op.coalesce_s)
-            if (
-                existing is not None
-                and not decision.unusual
-                and login.at - existing.last_seen < op.touch_after
-            ):
-                results.append(Outcome(decision=decision))
-                continue
-            origin_rows.append(
-                (
-                    login.account,
-                    origin.prefix,
-                    origin.country or "",
-                    origin.provider or "",
-                    origin.as_org,
-                    login.at,
-                    login.at,
-                )
-            )
-            account_rows.append((login.account, login.at, login.at))
-            _remember(known, existing, login)
-            notice_id: str | None = None
-            if decision.notify:
-                notice = Notice(
-                    id=str(uuid.uuid4()),
-                    account=login.account,
-                    login=login.login,
-                    reasons=decision.notify,
-                    protocol=login.protocol,
-                    remote=login.remote,
-                    time=datetime.fromtimestamp(login.at, UTC),
-                    country=origin.country,
-                    asn=origin.asn,
-                    as_org=origin.as_org,
-                    prefix=origin.prefix,
-                    history=tuple(origin_snapshot(k) for k in history.origins),
-                    protocols=(login.protocol,),
-                    network=origin.network,
-                    network_label=origin.network_label,
-                )
-                notice_id = notice.id
-                notice_rows.append(
-                    (
-                        notice.id,
-                        login.account,
-                        login.at,
-                        json.dumps([r.value for r in notice.reasons]),
-                        _notice_payload(notice),
-                        key,
-                    )
-                )
-                deadline = login.at + op.deadline_s
-                first_try = login.at + op.hold_s
-                for channel in op.channels:
-                    delivery_rows.append(
-                        (notice.id, channel, login.account, first_try, deadline, login.at, login.at)
-                    )
-            if decision.reasons or (decision.note and existing is None):
-                decision_rows.append(
-                    (
-                        login.account,
-                        login.at,
-                        login.protocol,
-                        origin.prefix,
-                        origin.country,
-                        origin.provider,
-                        origin.network,
-                        json.dumps([r.value for r in decision.reasons]),
-                        notice_id is not None,
-                        decision.note,
-                        notice_id,
-                    )
-                )
-            results.append(Outcome(decision=decision, notice_id=notice_id, wrote=True))
-        for sql, rows in (
-            (_UPSERT_ORIGIN, origin_rows),
-            (_UPSERT_ACCOUNT, account_rows),
-            (_COUNT_FAILURE, failure_rows),
-            (_INSERT_NOTICE, notice_rows),
-            (_INSERT_DELIVERY, delivery_rows),
-            (_INSERT_DECISION, decision_rows),
+                histories[row[0]].append(known_origin(tuple(row)[1:]))
+        results, rows = await plan_batch(
+            batch,
+            histories,
+            lambda login, key, since: self._join_pending(conn, login, key, since),
+        )
+        for sql, values in (
+            (_UPSERT_ORIGIN, rows.origins),
+            (_UPSERT_ACCOUNT, rows.accounts),
+            (_COUNT_FAILURE, rows.failures),
+            (_INSERT_NOTICE, rows.notices),
+            (_INSERT_DELIVERY, rows.deliveries),
+            (_INSERT_DECISION, rows.decisions),
         ):
-            if rows:
-                await conn.executemany(sql, rows)
+            if values:
+                await conn.executemany(sql, values)
         return results
 
     async def _join_pending(
@@ -653,7 +455,7 @@ class PostgresStore(Store):
         claimed.sort(key=lambda r: (r["created"], r["notice_id"], r["channel"]))
         return [
             Delivery(
-                notice=_notice_from_payload(payloads[row["notice_id"]]),
+                notice=notice_from_payload(payloads[row["notice_id"]]),
                 channel=row["channel"],
                 attempts=row["attempts"],
                 deadline=row["deadline"],
@@ -736,7 +538,7 @@ class PostgresStore(Store):
             " AND n.created <= $3 ORDER BY n.created"
         )
         rows = await self._fetch(sql, account, channel, until)
-        return [_notice_from_payload(_text(row[0])) for row in rows]
+        return [notice_from_payload(_text(row[0])) for row in rows]
 
     # -- operators -------------------------------------------------------------------------
 
@@ -750,7 +552,7 @@ class PostgresStore(Store):
             " updated FROM deliveries WHERE notice_id = $1 ORDER BY channel"
         )
         deliveries = [dict(r) for r in await self._fetch(sql, notice_id)]
-        return _notice_from_payload(_text(row[0])), deliveries
+        return notice_from_payload(_text(row[0])), deliveries
 
     @_store_errors
     async def retry(self, notice_id: str, now: float, deadline: float) -> int:

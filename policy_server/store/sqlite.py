@@ -17,10 +17,7 @@ import json
 import logging
 import sqlite3
 import time
-import uuid
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import IO, Any, ParamSpec, TypeVar
@@ -28,11 +25,9 @@ from typing import IO, Any, ParamSpec, TypeVar
 import aiosqlite
 
 from ..config import StorageConfig
-from ..model import History, KnownOrigin, Notice, Reason
-from ..policy import KNOWN
+from ..model import History, KnownOrigin, Notice
 from .base import (
     Contact,
-    Decide,
     Delivery,
     DeliveryResult,
     HeldFilter,
@@ -41,35 +36,21 @@ from .base import (
     Store,
     StoreError,
     SuccessfulLogin,
-    origin_snapshot,
 )
+from .batch import (
+    RELEASED,
+    GroupCommit,
+    Op,
+    RecordOp,
+    plan_batch,
+)
+from .batch import known_origin as _known
+from .batch import notice_from_payload as _notice_from_payload
 
 log = logging.getLogger("policy_server.store")
 
 # SQLite's limit on bound parameters is 32766 in current builds; stay far below it.
 _IN_CHUNK = 500
-
-
-@dataclass(slots=True)
-class _RecordOp:
-    login: SuccessfulLogin
-    decide: Decide
-    channels: Sequence[str]
-    touch_after: float
-    deadline_s: float
-    hold_s: float
-    coalesce_s: float
-    future: asyncio.Future[Outcome] = field(repr=False)
-
-
-@dataclass(slots=True)
-class _FailureOp:
-    account: str
-    at: float
-    future: asyncio.Future[Outcome] = field(repr=False)
-
-
-_Op = _RecordOp | _FailureOp
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -80,45 +61,6 @@ def _migrations() -> list[tuple[int, str]]:
         if name.endswith(".sql") and name[:4].isdigit():
             found.append((int(name[:4]), entry.read_text(encoding="utf-8")))
     return sorted(found)
-
-
-def _known(row: Sequence[Any]) -> KnownOrigin:
-    return KnownOrigin(
-        prefix=row[0],
-        country=row[1] or None,
-        provider=row[2] or None,
-        as_org=row[3],
-        first_seen=row[4],
-        last_seen=row[5],
-        count=row[6],
-    )
-
-
-def _notice_from_payload(payload: str) -> Notice:
-    data = json.loads(payload)
-    return Notice(
-        id=data["id"],
-        account=data["account"],
-        login=data["login"],
-        reasons=tuple(Reason(r) for r in data["reasons"]),
-        protocol=data["protocol"],
-        remote=data["remote"],
-        time=datetime.fromisoformat(data["time"]),
-        country=data["country"],
-        asn=data["asn"],
-        as_org=data["as_org"],
-        prefix=data["prefix"],
-        history=tuple(data.get("history", ())),
-        protocols=tuple(data.get("protocols", ())),
-        network=data.get("network"),
-        network_label=data.get("network_label"),
-    )
-
-
-def _notice_payload(notice: Notice) -> str:
-    data = notice.payload_fields()
-    data.update(account=notice.account, prefix=notice.prefix, history=list(notice.history))
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
 _SELECT_ORIGINS = (
@@ -248,13 +190,6 @@ def _held_filter(filters: HeldFilter) -> tuple[str, list[Any]]:
     return sql, params
 
 
-def origin_key(prefix: str, country: str | None, provider: str | None) -> str:
-    return f"{prefix}|{country or ''}|{provider or ''}"
-
-
-# last_error of a delivery an operator released from hold starts with this
-RELEASED = "released"
-
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -280,7 +215,7 @@ def _chunks(items: Sequence[str], size: int = _IN_CHUNK) -> Iterable[Sequence[st
         yield items[start : start + size]
 
 
-class SQLiteStore(Store):
+class SQLiteStore(GroupCommit, Store):
     """SQLite through aiosqlite, WAL journal, group commit through one writer task."""
 
     def __init__(self, config: StorageConfig) -> None:
@@ -293,7 +228,7 @@ class SQLiteStore(Store):
         self._point: sqlite3.Connection | None = None
         self._writer: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
-        self._queue: asyncio.Queue[_Op] = asyncio.Queue()
+        self._queue: asyncio.Queue[Op] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
         #: login transactions committed, and logins they carried (group-commit efficiency)
         self.commits = 0
@@ -346,10 +281,7 @@ class SQLiteStore(Store):
             with contextlib.suppress(sqlite3.Error):
                 self._point.close()
         self._reader = self._writer = self._point = None
-        while not self._queue.empty():
-            op = self._queue.get_nowait()
-            if not op.future.done():
-                op.future.set_exception(StoreError("store closed"))
+        self._fail_queued()
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
         # Processes starting together (serve --workers N) must not migrate at the same time:
@@ -435,83 +367,11 @@ class SQLiteStore(Store):
             {**dict(zip(keys, row, strict=True)), "reasons": json.loads(row[8])} for row in rows
         ]
 
-    # -- group-committed writes ------------------------------------------------------------
+    _quiet_errors = (sqlite3.Error, StoreError, OSError, ValueError)
 
-    async def record_success(
-        self,
-        login: SuccessfulLogin,
-        decide: Decide,
-        channels: Sequence[str],
-        *,
-        touch_after: float,
-        deadline_s: float,
-        hold_s: float = 0.0,
-        coalesce_s: float = 0.0,
-    ) -> Outcome:
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._submit(
-            _RecordOp(login, decide, channels, touch_after, deadline_s, hold_s, coalesce_s, future)
-        )
-        return await future
-
-    async def record_failure(self, account: str, at: float) -> None:
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._submit(_FailureOp(account, at, future))
-        await future
-
-    def _submit(self, op: _Op) -> None:
-        if self._writer_task is None or self._writer_task.done():
-            raise StoreError("store is not open")
-        self._queue.put_nowait(op)
-
-    async def _next_batch(self) -> list[_Op]:
-        batch = [await self._queue.get()]
-        limit = self._config.group_commit_max_batch
-        wait = self._config.group_commit_wait_ms / 1000
-        loop = asyncio.get_running_loop()
-        until = loop.time() + wait
-        while len(batch) < limit:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-                continue
-            remaining = until - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except TimeoutError:
-                break
-        return batch
-
-    async def _write_loop(self) -> None:
-        while True:
-            batch = await self._next_batch()
-            try:
-                await self._commit_batch(batch)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
-
-    async def _commit_batch(self, batch: list[_Op]) -> None:
-        live = [op for op in batch if not op.future.done()]
-        if not live:
-            return
-        try:
-            async with self._write_lock:
-                results = await self._apply(live)
-        except Exception as exc:
-            # whatever went wrong (a database error, a bug in a decision), the logins waiting
-            # on this batch get an answer and the writer task lives on
-            if not isinstance(exc, sqlite3.Error | StoreError | OSError | ValueError):
-                log.exception("write batch failed unexpectedly")
-            error = StoreError(f"write failed: {exc}")
-            for op in live:
-                if not op.future.done():
-                    op.future.set_exception(error)
-            return
-        for op, outcome in zip(live, results, strict=True):
-            if not op.future.done():
-                op.future.set_result(outcome)
+    async def _apply_batch(self, batch: list[Op]) -> list[Outcome]:
+        async with self._write_lock:
+            return await self._apply(batch)
 
     async def _load_histories(
         self, conn: aiosqlite.Connection, accounts: Sequence[str]
@@ -528,7 +388,7 @@ class SQLiteStore(Store):
                     found[row[0]].append(_known(row[1:]))
         return found
 
-    async def _apply(self, batch: list[_Op]) -> list[Outcome]:
+    async def _apply(self, batch: list[Op]) -> list[Outcome]:
         conn = self._conn(self._writer)
         await conn.execute("BEGIN IMMEDIATE")
         try:
@@ -543,118 +403,25 @@ class SQLiteStore(Store):
         return results
 
     async def _apply_in_transaction(
-        self, conn: aiosqlite.Connection, batch: list[_Op]
+        self, conn: aiosqlite.Connection, batch: list[Op]
     ) -> list[Outcome]:
-        accounts = sorted({op.login.account for op in batch if isinstance(op, _RecordOp)})
+        accounts = sorted({op.login.account for op in batch if isinstance(op, RecordOp)})
         histories = await self._load_histories(conn, accounts)
-        origin_rows: list[tuple[Any, ...]] = []
-        account_rows: list[tuple[Any, ...]] = []
-        failure_rows: list[tuple[Any, ...]] = []
-        notice_rows: list[tuple[Any, ...]] = []
-        delivery_rows: list[tuple[Any, ...]] = []
-        decision_rows: list[tuple[Any, ...]] = []
-        results: list[Outcome] = []
-        for op in batch:
-            if isinstance(op, _FailureOp):
-                failure_rows.append((op.at, op.account))
-                results.append(Outcome(decision=KNOWN, wrote=True))
-                continue
-            login = op.login
-            known = histories[login.account]
-            history = History(login.account, tuple(known))
-            decision = op.decide(history, login.origin, login.at)
-            existing = history.find(login.origin)
-            origin = login.origin
-            key = origin_key(origin.prefix, origin.country, origin.provider)
-            if (
-                existing is not None
-                and not decision.unusual
-                and login.at - existing.first_seen < op.coalesce_s
-            ):
-                await self._join_pending(conn, login, key, login.at - op.coalesce_s)
-            if (
-                existing is not None
-                and not decision.unusual
-                and login.at - existing.last_seen < op.touch_after
-            ):
-                results.append(Outcome(decision=decision))
-                continue
-            origin_rows.append(
-                (
-                    login.account,
-                    origin.prefix,
-                    origin.country or "",
-                    origin.provider or "",
-                    origin.as_org,
-                    login.at,
-                    login.at,
-                )
-            )
-            account_rows.append((login.account, login.at, login.at))
-            _remember(known, existing, login)
-            notice_id: str | None = None
-            if decision.notify:
-                notice = Notice(
-                    id=str(uuid.uuid4()),
-                    account=login.account,
-                    login=login.login,
-                    reasons=decision.notify,
-                    protocol=login.protocol,
-                    remote=login.remote,
-                    time=datetime.fromtimestamp(login.at, UTC),
-                    country=origin.country,
-                    asn=origin.asn,
-                    as_org=origin.as_org,
-                    prefix=origin.prefix,
-                    history=tuple(origin_snapshot(k) for k in history.origins),
-                    protocols=(login.protocol,),
-                    network=origin.network,
-                    network_label=origin.network_label,
-                )
-                notice_id = notice.id
-                notice_rows.append(
-                    (
-                        notice.id,
-                        login.account,
-                        login.at,
-                        json.dumps([r.value for r in notice.reasons]),
-                        _notice_payload(notice),
-                        key,
-                    )
-                )
-                deadline = login.at + op.deadline_s
-                first_try = login.at + op.hold_s
-                for channel in op.channels:
-                    delivery_rows.append(
-                        (notice.id, channel, login.account, first_try, deadline, login.at, login.at)
-                    )
-            if decision.reasons or (decision.note and existing is None):
-                decision_rows.append(
-                    (
-                        login.account,
-                        login.at,
-                        login.protocol,
-                        origin.prefix,
-                        origin.country,
-                        origin.provider,
-                        origin.network,
-                        json.dumps([r.value for r in decision.reasons]),
-                        1 if notice_id else 0,
-                        decision.note,
-                        notice_id,
-                    )
-                )
-            results.append(Outcome(decision=decision, notice_id=notice_id, wrote=True))
-        for sql, rows in (
-            (_UPSERT_ORIGIN, origin_rows),
-            (_UPSERT_ACCOUNT, account_rows),
-            (_COUNT_FAILURE, failure_rows),
-            (_INSERT_NOTICE, notice_rows),
-            (_INSERT_DELIVERY, delivery_rows),
-            (_INSERT_DECISION, decision_rows),
+        results, rows = await plan_batch(
+            batch,
+            histories,
+            lambda login, key, since: self._join_pending(conn, login, key, since),
+        )
+        for sql, values in (
+            (_UPSERT_ORIGIN, rows.origins),
+            (_UPSERT_ACCOUNT, rows.accounts),
+            (_COUNT_FAILURE, rows.failures),
+            (_INSERT_NOTICE, rows.notices),
+            (_INSERT_DELIVERY, rows.deliveries),
+            (_INSERT_DECISION, rows.decisions),
         ):
-            if rows:
-                await conn.executemany(sql, rows)
+            if values:
+                await conn.executemany(sql, values)
         return results
 
     async def _join_pending(
@@ -1122,35 +889,3 @@ def _lock_file(path: Path) -> IO[bytes]:
         handle.close()
         raise
     return handle
-
-
-def _remember(
-    known: list[KnownOrigin], existing: KnownOrigin | None, login: SuccessfulLogin
-) -> None:
-    """Apply a recorded login to the batch's in-memory history, for later logins of the batch."""
-    origin = login.origin
-    if existing is not None:
-        known.remove(existing)
-        known.append(
-            KnownOrigin(
-                prefix=existing.prefix,
-                country=existing.country,
-                provider=existing.provider,
-                as_org=origin.as_org or existing.as_org,
-                first_seen=existing.first_seen,
-                last_seen=max(existing.last_seen, login.at),
-                count=existing.count + 1,
-            )
-        )
-    else:
-        known.append(
-            KnownOrigin(
-                prefix=origin.prefix,
-                country=origin.country,
-                provider=origin.provider,
-                as_org=origin.as_org,
-                first_seen=login.at,
-                last_seen=login.at,
-                count=1,
-            )
-        )
