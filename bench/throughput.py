@@ -189,6 +189,9 @@ hold_s = 0
 [breaker]
 # the synthetic mix (5% of logins unusual, all day long) would trip it within seconds
 enabled = false
+[metrics]
+# on, as in production: its counters are part of every request's cost
+listen = "127.0.0.1:{free_port()}"
 [[channels]]
 type = "webhook"
 url = "{sink}"

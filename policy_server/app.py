@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -17,7 +18,9 @@ from .breaker import AdminAlerts, Breaker
 from .config import Config
 from .events import EventWriter
 from .geo_guard import check_geo_change
-from .handlers import policy_endpoint
+from .handlers import timed_endpoint
+from .metrics import Metrics, monitoring_app, monitoring_listener
+from .model import Origin
 from .notify.channels import Channel, build_channel
 from .notify.render import Renderer
 from .origin.networks import KnownNetworks, NetworksError
@@ -111,7 +114,10 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     # admin channels carry operators' alerts only; owner notices go through the others
     owner_channels = [c.name for c in config.channels if not c.admin]
     breaker = Breaker(app[keys.STORE], config.breaker, owner_channels, app[keys.ALERTS])
-    worker = Worker(app[keys.STORE], channels, app[keys.RENDERER], config, breaker=breaker)
+    metrics = app[keys.METRICS]
+    worker = Worker(
+        app[keys.STORE], channels, app[keys.RENDERER], config, breaker=breaker, metrics=metrics
+    )
     app[keys.WORKER] = worker
     events = EventWriter(config.privacy.events_path) if config.privacy.events_path else None
     app[keys.RECORDER] = LoginRecorder(
@@ -121,6 +127,7 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
         owner_channels,
         on_notice=worker.wake,
         events=events,
+        on_origin=lambda origin: _count_unknown(metrics, origin),
     )
     task: asyncio.Task[None] | None = None
     if app[keys.RUN_WORKER]:
@@ -177,6 +184,30 @@ async def reload_geo(app: web.Application) -> bool:
     return True
 
 
+def _count_unknown(metrics: Metrics, origin: Origin) -> None:
+    if origin.country is None:
+        metrics.unknown.labels("country").inc()
+    if origin.provider is None:
+        metrics.unknown.labels("provider").inc()
+
+
+async def _monitoring_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    metrics = app[keys.METRICS]
+    resolver = app[keys.RESOLVER]
+
+    def geo_loaded() -> str:
+        missing = resolver.missing(config.geoip)
+        for part, built in resolver.built().items():
+            if built is not None:
+                metrics.geo_age.labels(part).set(max(0.0, time.time() - built))
+        return "; ".join(missing)
+
+    monitoring = monitoring_app(metrics, app[keys.STORE], {"geo": geo_loaded})
+    async with monitoring_listener(config.metrics, monitoring, app[keys.REUSE_PORT]):
+        yield
+
+
 def _worker_ended(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         # A dead worker must be loud: notices would pile up unseen.
@@ -193,7 +224,9 @@ async def _freeze_heap(app: web.Application) -> None:
     gc.freeze()
 
 
-def create_app(config: Config, run_worker: bool = True) -> web.Application:
+def create_app(
+    config: Config, run_worker: bool = True, reuse_port: bool = False
+) -> web.Application:
     """The service as an aiohttp application; resources open on startup, close on cleanup.
 
     ``run_worker=False`` leaves deliveries to separate ``policy-server worker`` processes.
@@ -201,9 +234,14 @@ def create_app(config: Config, run_worker: bool = True) -> web.Application:
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[keys.CONFIG] = config
     app[keys.RUN_WORKER] = run_worker
-    app[keys.STATS] = Stats()
+    app[keys.REUSE_PORT] = reuse_port
+    metrics = Metrics()
+    app[keys.METRICS] = metrics
+    app[keys.STATS] = Stats(metrics=metrics)
     app[keys.AUTH] = Authenticator(config.server)
-    app.cleanup_ctx.extend([_origin_ctx, _store_ctx, _channels_ctx, _geo_guard_ctx, _worker_ctx])
+    app.cleanup_ctx.extend(
+        [_origin_ctx, _store_ctx, _channels_ctx, _geo_guard_ctx, _worker_ctx, _monitoring_ctx]
+    )
     app.on_startup.append(_freeze_heap)
-    app.router.add_route("*", "/{tail:.*}", policy_endpoint)
+    app.router.add_route("*", "/{tail:.*}", timed_endpoint)
     return app

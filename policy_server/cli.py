@@ -57,7 +57,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if args.config:
             child += ["-c", args.config]
         return supervise(child, args.workers)
-    app = create_app(config, run_worker=not args.no_worker)
+    app = create_app(config, run_worker=not args.no_worker, reuse_port=args.reuse_port)
     log.info(
         "policy-server %s listening on %s (config: %s)",
         __version__,

@@ -240,6 +240,19 @@ class BreakerConfig(_Model):
     release_per_s: float = Field(default=10.0, gt=0)
 
 
+class MetricsConfig(_Model):
+    enabled: bool = True
+    # Prometheus metrics (/metrics) and health checks (/healthz, /readyz); keep it off the
+    # network Dovecot's listener is on unless a scraper needs it
+    listen: str = "127.0.0.1:9490"
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+
 class GeoGuardConfig(_Model):
     enabled: bool = True
     # known (account, origin) pairs re-resolved when a geo file changed
@@ -457,6 +470,7 @@ class Config(_Model):
     networks: NetworksConfig = NetworksConfig()
     breaker: BreakerConfig = BreakerConfig()
     geo_guard: GeoGuardConfig = GeoGuardConfig()
+    metrics: MetricsConfig = MetricsConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     channels: tuple[ChannelConfig, ...] = (LogChannelConfig(type="log", name="log"),)
 

@@ -44,6 +44,18 @@ def _error(exc: ProtocolError, request: web.Request) -> web.Response:
     return _answer(json.dumps(exc.as_json()).encode(), exc.status)
 
 
+async def timed_endpoint(request: web.Request) -> web.Response:
+    """The endpoint, with the time of each answer in the latency histogram."""
+    started = time.perf_counter()
+    response = await policy_endpoint(request)
+    metrics = request.app[keys.STATS].metrics
+    if metrics is not None:
+        command = request.query.get("command", "")
+        label = command if command in ("allow", "report") else "other"
+        metrics.latency.labels(label).observe(time.perf_counter() - started)
+    return response
+
+
 async def policy_endpoint(request: web.Request) -> web.Response:
     app = request.app
     stats = app[keys.STATS]
@@ -132,6 +144,7 @@ async def policy_endpoint(request: web.Request) -> web.Response:
 
 
 def _count_outcome(stats: Stats, outcome: Outcome) -> None:
+    stats.decided(reason.value for reason in outcome.decision.reasons)
     if outcome.notice_id is not None:
         stats.notices_queued += 1
         stats.count("report", "notice")

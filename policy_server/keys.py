@@ -9,6 +9,7 @@ from aiohttp import web
 from .auth import Authenticator
 from .breaker import AdminAlerts
 from .config import Config
+from .metrics import Metrics
 from .notify.channels import Channel
 from .notify.render import Renderer
 from .origin.resolver import OriginResolver
@@ -19,6 +20,7 @@ from .worker import Worker
 
 CONFIG = web.AppKey("config", Config)
 STATS = web.AppKey("stats", Stats)
+METRICS = web.AppKey("metrics", Metrics)
 AUTH = web.AppKey("auth", Authenticator)
 RESOLVER = web.AppKey("resolver", OriginResolver)
 STORE = web.AppKey("store", Store)
@@ -28,4 +30,5 @@ RECORDER = web.AppKey("recorder", LoginRecorder)
 WORKER = web.AppKey("worker", Worker)
 ALERTS = web.AppKey("alerts", AdminAlerts)
 RUN_WORKER = web.AppKey("run_worker", bool)
+REUSE_PORT = web.AppKey("reuse_port", bool)
 WORKER_TASK: web.AppKey[asyncio.Task[None]] = web.AppKey("worker_task")

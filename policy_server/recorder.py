@@ -43,6 +43,7 @@ class LoginRecorder:
         channels: Sequence[str],
         on_notice: Callable[[], None] = lambda: None,
         events: EventWriter | None = None,
+        on_origin: Callable[[Origin], None] = lambda origin: None,
     ) -> None:
         self._config = config
         self._store = store
@@ -50,6 +51,7 @@ class LoginRecorder:
         self._channels = tuple(channels)
         self._on_notice = on_notice
         self.events = events
+        self._on_origin = on_origin
         policy = config.policy
         self._decide: Decide = lambda history, origin, at: decide(history, origin, at, policy)
 
@@ -78,6 +80,7 @@ class LoginRecorder:
         if not event.success:
             return Prepared(account, None, at)
         origin = self.origin(event.remote)
+        self._on_origin(origin)
         history = self._store.history_now(account)
         if history is not None and self._fresh_repeat(history, origin, at):
             return Outcome(decision=KNOWN)

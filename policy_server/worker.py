@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from .breaker import GEO_HOLD, PAUSE, Breaker
 from .config import ChannelConfig, Config, QueueConfig
 from .delivery_rules import quiet_until, resolve_recipient, throttled_until, zone
+from .metrics import Metrics
 from .model import Notice
 from .notify.channels import Channel
 from .notify.errors import DeliveryError, TemporaryDeliveryError
@@ -56,8 +57,10 @@ class Worker:
         config: Config,
         owner: str | None = None,
         breaker: Breaker | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._breaker = breaker
         #: why owner notices are held right now ("" = they are not), set before each claim
         self.holding = ""
@@ -143,7 +146,12 @@ class Worker:
                 return await self._deliver_group(group)
 
         outcomes = await asyncio.gather(*(bounded(g) for g in groups.values()))
-        await self._store.finish(self.owner, [r for rs in outcomes for r in rs], time.time())
+        results = [r for rs in outcomes for r in rs]
+        await self._store.finish(self.owner, results, time.time())
+        if self._metrics is not None:
+            for result in results:
+                outcome = "retried" if result.status == "queued" else result.status
+                self._metrics.deliveries.labels(result.channel, outcome).inc()
         return len(batch)
 
     async def refresh_controls(self, now: float) -> None:

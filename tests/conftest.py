@@ -45,6 +45,7 @@ def make_config(tmp_path: Path, geo_files: dict[str, Path]) -> Callable[..., Con
             "queue": {"poll_interval_s": 0.05, "backoff_base_s": 0.05, "backoff_max_s": 0.5},
             # deliver at once and without a per-account limit unless a test turns them on
             "delivery": {"hold_s": 0, "throttle": []},
+            "metrics": {"listen": f"127.0.0.1:{free_port()}"},
         }
         for name, value in sections.items():
             if isinstance(value, dict) and isinstance(data.get(name), dict):

@@ -90,6 +90,8 @@ hold_s = 0
 throttle = []
 [breaker]
 enabled = false
+[metrics]
+enabled = false
 [[channels]]
 type = "webhook"
 url = "{sink}"

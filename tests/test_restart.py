@@ -93,6 +93,8 @@ lease_s = {lease_s}
 [delivery]
 hold_s = 0
 throttle = []
+[metrics]
+enabled = false
 [[channels]]
 type = "webhook"
 url = "{sink_url}"

@@ -65,6 +65,8 @@ hold_s = 0
 throttle = []
 [breaker]
 enabled = false
+[metrics]
+enabled = false
 [[channels]]
 type = "webhook"
 url = "{sink.url}"
@@ -152,6 +154,8 @@ poll_interval_s = 0.1
 [delivery]
 hold_s = 0
 throttle = []
+[metrics]
+enabled = false
 [[channels]]
 type = "webhook"
 url = "{sink.url}"

@@ -62,6 +62,10 @@ class MaxMindCountry:
     def describe(self) -> str:
         return self._description
 
+    def built(self) -> float:
+        """When the database was built (unix time)."""
+        return float(self._reader.metadata().build_epoch)
+
     def close(self) -> None:
         self._reader.close()
 
@@ -82,6 +86,10 @@ class MaxMindAsn:
 
     def describe(self) -> str:
         return self._description
+
+    def built(self) -> float:
+        """When the database was built (unix time)."""
+        return float(self._reader.metadata().build_epoch)
 
     def close(self) -> None:
         self._reader.close()

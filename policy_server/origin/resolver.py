@@ -104,6 +104,23 @@ class OriginResolver:
         other._country = other._asn = None
         return old
 
+    def missing(self, config: GeoipConfig) -> list[str]:
+        """The configured geo files that are not in use (their lookups answer unknown)."""
+        problems = []
+        if config.country_db and self._country is None:
+            problems.append(f"country_db {config.country_db} not loaded")
+        if config.asn_db and self._asn is None:
+            problems.append(f"asn_db {config.asn_db} not loaded")
+        return problems
+
+    def built(self) -> dict[str, float | None]:
+        """When each part's data was built, where the data says (MaxMind files do)."""
+        found: dict[str, float | None] = {}
+        for part, lookup in (("country", self._country), ("asn", self._asn)):
+            built = getattr(lookup, "built", None)
+            found[part] = built() if callable(built) else None
+        return found
+
     def describe(self) -> dict[str, str]:
         """What serves each part, for the start-up log and ``policy-server lookup``."""
         return {

@@ -276,6 +276,10 @@ class Store(abc.ABC):
         origins unused for ``purge_origins_after_s`` of the account's activity."""
 
     @abc.abstractmethod
+    async def oldest_queued(self) -> float | None:
+        """When the oldest delivery still queued was created (None: the queue is empty)."""
+
+    @abc.abstractmethod
     async def outbox_counts(self) -> dict[str, int]:
         """Number of deliveries by status."""
 

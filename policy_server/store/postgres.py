@@ -349,6 +349,11 @@ class PostgresStore(GroupCommit, Store):
         return History(account, tuple(known_origin(tuple(r)) for r in rows))
 
     @_store_errors
+    async def oldest_queued(self) -> float | None:
+        rows = await self._fetch("SELECT min(created) FROM deliveries WHERE status = 'queued'")
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
+
+    @_store_errors
     async def outbox_counts(self) -> dict[str, int]:
         rows = await self._fetch("SELECT status, count(*) FROM deliveries GROUP BY status")
         return {str(row[0]): int(row[1]) for row in rows}

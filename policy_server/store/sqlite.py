@@ -330,6 +330,13 @@ class SQLiteStore(GroupCommit, Store):
         return History(account, tuple(_known(r) for r in rows))
 
     @_store_errors
+    async def oldest_queued(self) -> float | None:
+        sql = "SELECT min(created) FROM deliveries WHERE status = 'queued'"
+        async with self._conn(self._reader).execute(sql) as cur:
+            row = await cur.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    @_store_errors
     async def outbox_counts(self) -> dict[str, int]:
         conn = self._conn(self._reader)
         async with conn.execute("SELECT status, count(*) FROM deliveries GROUP BY status") as cur:

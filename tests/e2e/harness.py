@@ -174,6 +174,8 @@ lease_s = 5.0
 # no wait before the first delivery unless a test coalesces; no per-account limit
 hold_s = {hold_s}
 throttle = []
+[metrics]
+enabled = false
 [[channels]]
 type = "webhook"
 url = "{sink_url}"
