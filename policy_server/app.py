@@ -22,12 +22,14 @@ from .handlers import timed_endpoint
 from .metrics import Metrics, monitoring_app, monitoring_listener
 from .model import Origin
 from .notify.channels import Channel, build_channel
-from .notify.render import Renderer
+from .notify.render import Renderer, TemplateError
 from .origin.networks import KnownNetworks, NetworksError
 from .origin.resolver import OriginResolver
 from .recorder import LoginRecorder
 from .stats import Stats
 from .store import open_store
+from .store.base import StoreError
+from .systemd import monotonic_usec, notify
 from .worker import Worker
 
 log = logging.getLogger("policy_server.app")
@@ -59,11 +61,28 @@ async def _origin_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def reload(app: web.Application) -> None:
-    """SIGHUP: geo files (through the guard), known networks, and the events file again."""
+    """SIGHUP: geo files (through the guard), known networks, templates, the events file."""
+    notify("RELOADING=1", monotonic_usec())
     reload_networks(app)
+    reload_templates(app)
     task = asyncio.get_running_loop().create_task(reload_geo(app), name="reload-geo")
     _reloads.add(task)
     task.add_done_callback(_reloads.discard)
+    task.add_done_callback(lambda _task: notify("READY=1"))
+
+
+def reload_templates(app: web.Application) -> bool:
+    """Compile the templates again; broken ones are refused and the ones in use stay."""
+    worker = app.get(keys.WORKER)
+    try:
+        renderer = Renderer(app[keys.CONFIG].message)
+    except TemplateError as exc:
+        log.error("templates not reloaded, keeping those in use: %s", exc)
+        return False
+    if worker is not None:
+        worker.use_renderer(renderer)
+    log.info("templates reloaded: %s", ", ".join(renderer.languages))
+    return True
     recorder = app.get(keys.RECORDER)
     if recorder is not None and recorder.events is not None:
         recorder.events.close()
@@ -137,8 +156,13 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     worker.stop()
     if task is not None:
+        # deliveries in flight get a while to finish; what is still claimed then goes back
         with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(task, timeout=10)
+            await asyncio.wait_for(task, timeout=config.queue.stop_timeout_s)
+        with contextlib.suppress(StoreError):
+            released = await app[keys.STORE].release_claims(worker.owner, time.time())
+            if released:
+                log.info("%d deliveries in flight put back in the queue", released)
     if events is not None:
         events.close()
 
@@ -214,6 +238,10 @@ def _worker_ended(task: asyncio.Task[None]) -> None:
         log.critical("delivery worker died", exc_info=task.exception())
 
 
+async def _stopping(app: web.Application) -> None:
+    notify("STOPPING=1")
+
+
 async def _freeze_heap(app: web.Application) -> None:
     """Keep what start-up loaded (geo readers, templates, config) out of garbage collection.
 
@@ -243,5 +271,6 @@ def create_app(
         [_origin_ctx, _store_ctx, _channels_ctx, _geo_guard_ctx, _worker_ctx, _monitoring_ctx]
     )
     app.on_startup.append(_freeze_heap)
+    app.on_shutdown.append(_stopping)
     app.router.add_route("*", "/{tail:.*}", timed_endpoint)
     return app

@@ -47,7 +47,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, config.logging.format)
     if args.workers > 1:
         from .processes import supervise
 
@@ -69,7 +69,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         host=config.server.host,
         port=config.server.port,
         access_log=logging.getLogger("aiohttp.access") if config.server.access_log else None,
-        print=None,
+        # called once the listener is up: then systemd may start Dovecot
+        print=lambda _message: _ready(config),
         shutdown_timeout=10,
         reuse_port=args.reuse_port or None,
     )
@@ -83,7 +84,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, config.logging.format)
     try:
         asyncio.run(run_worker(config))
     except StoreError as exc:
@@ -112,6 +113,12 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         return 1
     print(f"{config.storage.backend} store schema up to date")
     return 0
+
+
+def _ready(config: Config) -> None:
+    from .systemd import notify
+
+    notify("READY=1", f"STATUS=answering on {config.server.listen}")
 
 
 def channel_problems(config: Config) -> list[str]:

@@ -240,6 +240,11 @@ class BreakerConfig(_Model):
     release_per_s: float = Field(default=10.0, gt=0)
 
 
+class LoggingConfig(_Model):
+    # "plain" lines or "json" lines (one object per line, for log collectors)
+    format: Literal["plain", "json"] = "plain"
+
+
 class MetricsConfig(_Model):
     enabled: bool = True
     # Prometheus metrics (/metrics) and health checks (/healthz, /readyz); keep it off the
@@ -272,6 +277,8 @@ class QueueConfig(_Model):
     backoff_base_s: float = Field(default=5.0, gt=0)
     backoff_max_s: float = Field(default=3600.0, gt=0)
     deadline_s: float = Field(default=2 * 86400.0, gt=0)
+    # at shutdown, deliveries in flight get this long to finish; the rest go back to the queue
+    stop_timeout_s: float = Field(default=10.0, ge=0, le=300)
 
 
 RecipientFallback = Literal["none", "login", "template"]
@@ -471,6 +478,7 @@ class Config(_Model):
     breaker: BreakerConfig = BreakerConfig()
     geo_guard: GeoGuardConfig = GeoGuardConfig()
     metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     channels: tuple[ChannelConfig, ...] = (LogChannelConfig(type="log", name="log"),)
 

@@ -17,6 +17,8 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
+from .systemd import notify
+
 log = logging.getLogger("policy_server.processes")
 
 RESTART_DELAY_S = 1.0
@@ -47,6 +49,7 @@ def supervise(child_args: Sequence[str], count: int) -> int:
         nonlocal stopping
         if signum in (signal.SIGTERM, signal.SIGINT):
             stopping = True
+            notify("STOPPING=1")
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
@@ -54,6 +57,7 @@ def supervise(child_args: Sequence[str], count: int) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
     children.extend(_spawn(command) for _ in range(count))
+    notify("READY=1", f"STATUS={count} service processes")
     log.info("started %d service processes: %s", count, [c.pid for c in children])
     while True:
         alive = [c for c in children if c.poll() is None]

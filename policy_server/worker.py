@@ -77,6 +77,10 @@ class Worker:
         self._outage_logged: set[str] = set()
         self.delivered = 0
 
+    def use_renderer(self, renderer: Renderer) -> None:
+        """Render with ``renderer`` from the next notice on (templates reloaded)."""
+        self._renderer = renderer
+
     def wake(self) -> None:
         self._wakeup.set()
 

@@ -285,6 +285,7 @@ async def test_known_networks_change_decisions_and_reload_on_sighup(
     )
     client = await start(aiohttp_client, config)
     await post(client, login="alice", remote="203.0.113.7")  # first use
+    await sink.wait_for(1)  # sent before the next, so it is not folded into it
     await post(client, login="alice", remote="192.0.2.5")  # office: trusted
     await post(client, login="alice", remote="198.51.100.9")  # US, through the VPN
     first, vpn = await sink.wait_for(2)
@@ -315,6 +316,7 @@ async def test_known_networks_change_decisions_and_reload_on_sighup(
     assert any("unknown category 'vpm'" in r.message for r in caplog.records)
     assert len(client.app[keys.RESOLVER].networks) == 1
     await post(client, login="bob", remote="203.0.113.7")
+    await sink.wait_for(3)
     await post(client, login="bob", remote="192.0.2.9")
     third, fourth = (await sink.wait_for(4))[2:]
     assert (fourth["login"], fourth["reasons"]) == ("bob", ["new_country", "new_provider"])

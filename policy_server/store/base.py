@@ -276,6 +276,11 @@ class Store(abc.ABC):
         origins unused for ``purge_origins_after_s`` of the account's activity."""
 
     @abc.abstractmethod
+    async def release_claims(self, owner: str, now: float) -> int:
+        """Give back what ``owner`` claimed and did not finish (queued again, the claim's
+        attempt not counted); returns how many."""
+
+    @abc.abstractmethod
     async def oldest_queued(self) -> float | None:
         """When the oldest delivery still queued was created (None: the queue is empty)."""
 

@@ -349,6 +349,15 @@ class PostgresStore(GroupCommit, Store):
         return History(account, tuple(known_origin(tuple(r)) for r in rows))
 
     @_store_errors
+    async def release_claims(self, owner: str, now: float) -> int:
+        sql = (
+            "UPDATE deliveries SET status = 'queued', claimed_by = NULL, lease_until = NULL,"
+            " attempts = greatest(attempts - 1, 0), next_attempt = $1, updated = $1"
+            " WHERE status = 'sending' AND claimed_by = $2"
+        )
+        return await self._execute(sql, now, owner)
+
+    @_store_errors
     async def oldest_queued(self) -> float | None:
         rows = await self._fetch("SELECT min(created) FROM deliveries WHERE status = 'queued'")
         return None if not rows or rows[0][0] is None else float(rows[0][0])

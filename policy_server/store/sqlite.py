@@ -330,6 +330,15 @@ class SQLiteStore(GroupCommit, Store):
         return History(account, tuple(_known(r) for r in rows))
 
     @_store_errors
+    async def release_claims(self, owner: str, now: float) -> int:
+        sql = (
+            "UPDATE deliveries SET status = 'queued', claimed_by = NULL, lease_until = NULL,"
+            " attempts = max(attempts - 1, 0), next_attempt = ?, updated = ?"
+            " WHERE status = 'sending' AND claimed_by = ?"
+        )
+        return await self._write([(sql, [(now, now, owner)])])
+
+    @_store_errors
     async def oldest_queued(self) -> float | None:
         sql = "SELECT min(created) FROM deliveries WHERE status = 'queued'"
         async with self._conn(self._reader).execute(sql) as cur:

@@ -1,0 +1,32 @@
+"""systemd's notify protocol (``Type=notify``): READY, RELOADING and STOPPING, with no library.
+
+A datagram to the socket named in ``NOTIFY_SOCKET``; outside systemd the variable is unset and
+every call does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+
+def notify(*states: str) -> bool:
+    """Send ``states`` (``"READY=1"``, ``"STATUS=…"``); True when a socket took them."""
+    path = os.environ.get("NOTIFY_SOCKET", "")
+    if not path:
+        return False
+    address = "\0" + path[1:] if path.startswith("@") else path
+    message = "\n".join(states).encode()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message)
+    except OSError:
+        return False
+    return True
+
+
+def monotonic_usec() -> str:
+    """``MONOTONIC_USEC=…``, which systemd wants beside ``RELOADING=1``."""
+    return f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
