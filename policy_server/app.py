@@ -190,6 +190,12 @@ async def reload_geo(app: web.Application) -> bool:
         log.exception("geo data not reloaded")
         return False
     new.networks = old.networks
+    missing = new.missing(config.geoip)
+    if missing:
+        # a file that cannot be read now is no reason to lose the one in use
+        log.error("geo data not reloaded, keeping the data in use: %s", "; ".join(missing))
+        new.close()
+        return False
     try:
         accepted = await check_geo_change(
             app[keys.STORE], new, config.geoip, config.geo_guard, app[keys.ALERTS], reload=True

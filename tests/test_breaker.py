@@ -371,3 +371,20 @@ async def test_reload_refuses_broken_geo_data_and_keeps_the_old(
     await post(client, "newbie", "203.0.113.2")
     (notice,) = await sink.wait_for(1)
     assert notice["login"] == "newbie"
+
+
+async def test_reload_keeps_the_old_data_when_a_file_cannot_be_read(
+    aiohttp_client: Any, make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    geo = tmp_path / "geo"
+    shutil.copytree(Path(make_config().geoip.country_db).parent, geo)
+    config = make_config(
+        geoip={"country_db": str(geo / "country.mmdb"), "asn_db": str(geo / "asn.mmdb")}
+    )
+    client: Client = await aiohttp_client(create_app(config))
+    resolver = client.app[keys.RESOLVER]
+    # a broken file put in place by rename, as updaters do
+    (geo / "country.mmdb.new").write_bytes(b"not a database")
+    (geo / "country.mmdb.new").replace(geo / "country.mmdb")
+    assert await reload_geo(client.app) is False
+    assert resolver.resolve("203.0.113.2").country == "JP"

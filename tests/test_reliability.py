@@ -207,6 +207,8 @@ async def test_sigkill_again_and_again_under_load_loses_nothing_acknowledged(
             notices = {row[0] for row in conn.execute("SELECT id FROM notices")}
         assert acknowledged
         assert acknowledged <= recorded
+        print(f"\nfigures: {len(acknowledged)} logins acknowledged over 3 kills, all recorded;"
+              f" {len(notices)} notices")  # fmt: skip
         # every queued notice reaches the receiver (by id; a redelivery after a kill keeps it)
         for _ in range(300):
             if notices <= set(sink.ids()):
@@ -246,6 +248,7 @@ async def test_a_receiver_that_is_down_costs_logins_nothing_and_loses_nothing(
                 took.append(time.monotonic() - started)
         # the receiver is down the whole time: answers stay far inside Dovecot's 2 s
         assert max(took) < 1.0
+        print(f"\nfigures: receiver down, slowest answer {max(took) * 1000:.1f} ms")
         await asyncio.sleep(1.0)
         server = await aiohttp_server(app, port=sink_port)  # the receiver comes back
         await sink.wait_for(40, timeout=30)
@@ -276,7 +279,9 @@ async def test_a_locked_store_fails_open_in_budget_and_recovers(
                     started = time.monotonic()
                     async with session.post(service.url("report"), data=json.dumps(body)) as resp:
                         assert (resp.status, await resp.json()) == (200, {"status": 0, "msg": ""})
-                    assert time.monotonic() - started < 1.0
+                    took = time.monotonic() - started
+                    assert took < 1.0
+                    print(f"\nfigures: store locked, answered status 0 in {took * 1000:.0f} ms")
         finally:
             locker.execute("ROLLBACK")
             locker.close()
@@ -330,6 +335,7 @@ async def test_slow_and_idle_clients_do_not_starve_others(
                     sock.sendall(request[10 + i : 11 + i])
         assert max(took) < 1.0
         assert service.proc is not None and service.proc.poll() is None
+        print(f"\nfigures: 155 idle or slow connections, slowest answer {max(took) * 1000:.1f} ms")
     finally:
         for sock in idle:
             sock.close()
