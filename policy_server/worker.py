@@ -225,7 +225,9 @@ class Worker:
 
         if channel is None or channel_config is None:
             return result("dead", f"channel {delivery.channel!r} is not configured")
-        if now >= delivery.deadline:
+        if now >= delivery.deadline and delivery.attempts > 1:
+            # the deadline is for notices that keep failing; one held back by quiet hours or
+            # the per-account limit is still owed to its owner, late as it is
             return result("dead", "deadline passed before delivery")
         contact = await self._store.contact(notice.account)
         recipient = resolve_recipient(

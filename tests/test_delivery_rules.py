@@ -354,3 +354,25 @@ async def test_no_address_is_undeliverable_not_retried(
     assert rows(client, "SELECT status FROM deliveries WHERE channel = 'mail'") == [
         ("undeliverable",)
     ]
+
+
+async def test_a_notice_held_back_past_its_deadline_is_still_delivered(
+    aiohttp_client: Any, make_config: Any, sink: Sink
+) -> None:
+    client = await start(
+        aiohttp_client,
+        make_config,
+        queue={"deadline_s": 0.5},
+        delivery={"hold_s": 0, "throttle": [{"max": 1, "window_s": 1.2}]},
+        channels=[{"type": "webhook", "url": sink.url}],
+    )
+    await post_report(client, login="alice", remote="203.0.113.7")
+    await sink.wait_for(1)
+    await post_report(client, login="alice", remote="198.51.100.9")  # over the limit
+    second = (await sink.wait_for(2))[1]
+    assert second["reasons"] == ["new_country", "new_provider"]
+    await until_rows(
+        client,
+        "SELECT status FROM deliveries ORDER BY created",
+        lambda found: found == [("sent",), ("sent",)],
+    )
