@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -26,6 +27,7 @@ from .notify.errors import DeliveryError, TemporaryDeliveryError
 from .notify.render import Renderer
 from .policy import DAY_S
 from .store.base import Delivery, DeliveryResult, Store, StoreError
+from .store.batch import RELEASED
 
 log = logging.getLogger("policy_server.worker")
 
@@ -189,7 +191,18 @@ class Worker:
             ]
             if not group:
                 return results
-            return [*results, *await self._deliver_group(group, holding=False)]
+            released = await self._deliver_group(group, holding=False)
+            # a released delivery that has to wait again (a failure, quiet hours) stays
+            # released: the breaker must not take it back
+            return [
+                *results,
+                *(
+                    dataclasses.replace(r, error=f"{RELEASED}; {r.error or ''}")
+                    if r.status in ("queued", "deferred")
+                    else r
+                    for r in released
+                ),
+            ]
         group.sort(key=lambda d: d.notice.time)
         primary, claimed = group[-1], group[:-1]
         outcome = await self._deliver(primary, [d.notice for d in claimed])

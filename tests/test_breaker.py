@@ -388,3 +388,41 @@ async def test_reload_keeps_the_old_data_when_a_file_cannot_be_read(
     (geo / "country.mmdb.new").replace(geo / "country.mmdb")
     assert await reload_geo(client.app) is False
     assert resolver.resolve("203.0.113.2").country == "JP"
+
+
+async def test_a_released_notice_that_fails_once_is_retried_not_held_again(
+    aiohttp_client: Any, make_config: Callable[..., Config], sink: Sink, admin_sink: Sink
+) -> None:
+    config = make_config(
+        breaker={"cap": 1, "close_after_s": 0},
+        delivery={"hold_s": 0.5, "throttle": []},
+        channels=channels(sink, admin_sink),
+    )
+    client: Client = await aiohttp_client(create_app(config))
+    for name in ("u0", "u1"):
+        await post(client, name, "203.0.113.7")
+    await until(lambda: len(admin_sink.received) == 1, "the breaker to open")
+    await until(
+        lambda: (
+            rows(config, "SELECT count(*) FROM deliveries WHERE status = 'held'") == [(2,)]
+            or rows(config, "SELECT count(*) FROM deliveries WHERE status = 'sent'") != [(0,)]
+        ),
+        "the notices held",
+    )
+    sent_before = len(sink.received)
+    sink.script = [503]  # the receiver fails the first attempt
+    code, _ = await run(outbox_release, config, HeldFilter(account="u0"))
+    assert code == 0
+    await until(
+        lambda: (
+            rows(
+                config,
+                "SELECT d.status FROM deliveries d JOIN notices n ON n.id = d.notice_id"
+                " WHERE n.account = 'u0'",
+            )
+            == [("sent",)]
+        ),
+        "the released notice delivered after its retry",
+    )
+    tries = [n for n in sink.received[sent_before:] if n["login"] == "u0"]
+    assert len(tries) == 2 and tries[0]["id"] == tries[1]["id"]
