@@ -851,3 +851,17 @@ async def test_postgres_unreachable_is_a_store_error() -> None:
     config = StorageConfig(backend="postgres", dsn="postgresql://nobody@127.0.0.1:1/none")
     with pytest.raises(StoreError, match="cannot open PostgreSQL store"):
         await asyncio.wait_for(open_store(config), timeout=30)
+
+
+async def test_many_history_reads_at_once_each_get_their_own(store: Store) -> None:
+    accounts = [f"reader{i}" for i in range(40)]
+    for i, account in enumerate(accounts):
+        await record(store, login(account, at=1000.0 + i))
+        if i % 2:
+            await record(store, login(account, origin(*US), at=2000.0 + i))
+    histories = await asyncio.gather(*(store.history(a) for a in [*accounts, "nobody"]))
+    for i, (account, history) in enumerate(zip(accounts, histories, strict=False)):
+        assert history.account == account
+        assert len(history.origins) == (2 if i % 2 else 1)
+        assert min(k.first_seen for k in history.origins) == 1000.0 + i
+    assert histories[-1].is_new

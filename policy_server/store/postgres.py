@@ -81,10 +81,6 @@ _LOCK_ACCOUNTS = (
     "SELECT pg_advisory_xact_lock(hashtext($1), h) FROM"
     " (SELECT DISTINCT hashtext(a) AS h FROM unnest($2::text[]) AS a ORDER BY 1) AS s"
 )
-_SELECT_ORIGINS = (
-    "SELECT prefix, country, provider, as_org, first_seen, last_seen, count"
-    " FROM origins WHERE account = $1"
-)
 _SELECT_HISTORIES = (
     "SELECT account, prefix, country, provider, as_org, first_seen, last_seen, count"
     " FROM origins WHERE account = ANY($1::text[])"
@@ -255,6 +251,9 @@ class PostgresStore(GroupCommit, Store):
         self._pool: asyncpg.Pool | None = None
         self._queue: asyncio.Queue[Op] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
+        # history reads waiting for the next shared query, and the queries in flight
+        self._reads: dict[str, list[asyncio.Future[History]]] = {}
+        self._read_tasks: set[asyncio.Task[None]] = set()
         #: login transactions committed, and logins they carried (group-commit efficiency)
         self.commits = 0
         self.committed_ops = 0
@@ -345,8 +344,38 @@ class PostgresStore(GroupCommit, Store):
 
     @_store_errors
     async def history(self, account: str) -> History:
-        rows = await self._fetch(_SELECT_ORIGINS, account)
-        return History(account, tuple(known_origin(tuple(r)) for r in rows))
+        # Reads that arrive together share one query: under load, one round trip to the
+        # database answers every report waiting on the loop at that moment.
+        future: asyncio.Future[History] = asyncio.get_running_loop().create_future()
+        self._reads.setdefault(account, []).append(future)
+        if len(self._reads) == 1 and len(self._reads[account]) == 1:
+            asyncio.get_running_loop().call_soon(self._start_reads)
+        return await future
+
+    def _start_reads(self) -> None:
+        reads, self._reads = self._reads, {}
+        task = asyncio.get_running_loop().create_task(self._read_histories(reads))
+        self._read_tasks.add(task)
+        task.add_done_callback(self._read_tasks.discard)
+
+    async def _read_histories(self, reads: dict[str, list[asyncio.Future[History]]]) -> None:
+        accounts = sorted(reads)
+        found: dict[str, list[KnownOrigin]] = {account: [] for account in accounts}
+        try:
+            for row in await self._fetch(_SELECT_HISTORIES, accounts):
+                found[row[0]].append(known_origin(tuple(row)[1:]))
+        except Exception as exc:
+            error = exc if isinstance(exc, StoreError) else StoreError(f"history: {exc}")
+            for futures in reads.values():
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(error)
+            return
+        for account, futures in reads.items():
+            history = History(account, tuple(found[account]))
+            for future in futures:
+                if not future.done():
+                    future.set_result(history)
 
     @_store_errors
     async def release_claims(self, owner: str, now: float) -> int:
