@@ -346,7 +346,7 @@ def main() -> None:
             write_wrk_script(base / f"full-{label}.lua", full)
             write_wrk_script(base / f"allow-{label}.lua", allow)
             port = free_port()
-            conf = service_config(base / f"{label}.toml", port, db, geo, sink)
+            conf = service_config(base / f"{label}.toml", port, db, geo, sink, dsn)
             service = start(
                 [
                     sys.executable,
