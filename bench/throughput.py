@@ -391,6 +391,8 @@ def main() -> None:
                 row["rss_mb"] += now_mb
                 row["peak_rss_mb"] += peak_mb
             stop(service)
+            if pg and Path(str(db)).exists():
+                sys.exit(f"the service wrote a SQLite file {db}: it did not run on PostgreSQL")
             figures[label] = row
             print(f"{label}: {json.dumps(row)}", flush=True)
 
