@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from .accounts import normalize_login
 from .config import Config
-from .delivery_rules import looks_like, resolve_recipient
+from .delivery_rules import looks_like, recipient_for, resolve_recipient
 from .model import AddressClass, Notice, Reason
 from .notify.channels import build_channel
 from .notify.errors import DeliveryError
@@ -175,13 +175,7 @@ async def outbox_show(config: Config, notice_id: str, out: TextIO | None = None)
             delivery["message"] = None
             delivery["problem"] = str(exc)
             continue
-        recipient = resolve_recipient(
-            channel.recipient_kind,
-            contact,
-            notice.login,
-            channel_config.recipient_fallback,
-            channel_config.recipient_template,
-        )
+        recipient = recipient_for(channel.recipient_kind, channel_config, contact, notice.login)
         delivery["recipient"] = recipient.address if recipient else None
         # without an address the message is still the one in the contact's language and zone
         rendered = renderer.render(
@@ -264,13 +258,7 @@ async def send_test(
     except ValueError as exc:
         print(f"{exc} (see policy-server check-config)", file=sys.stderr)
         return 1
-    recipient = resolve_recipient(
-        channel.recipient_kind,
-        contact,
-        login,
-        channel_config.recipient_fallback,
-        channel_config.recipient_template,
-    )
+    recipient = recipient_for(channel.recipient_kind, channel_config, contact, login)
     if recipient is None:
         print(
             f"{login}: no {channel.recipient_kind} address (contacts or fallback)", file=sys.stderr

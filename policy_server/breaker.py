@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .config import BreakerConfig, ChannelConfig
-from .delivery_rules import resolve_recipient
+from .delivery_rules import recipient_for
 from .model import Notice
 from .notify.channels import Channel
 from .notify.errors import DeliveryError
@@ -105,13 +105,7 @@ class AdminAlerts:
         message = RenderedMessage(subject=subject, body=body, short=subject, language="en")
         delivered = 0
         for channel, config in self._targets:
-            recipient = resolve_recipient(
-                channel.recipient_kind,
-                None,
-                "policy-server",
-                config.recipient_fallback,
-                config.recipient_template,
-            )
+            recipient = recipient_for(channel.recipient_kind, config, None, "policy-server")
             try:
                 await channel.send(notice, message, recipient)
                 delivered += 1

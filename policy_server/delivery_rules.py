@@ -11,7 +11,7 @@ import zoneinfo
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
-from .config import ThrottleRule, parse_quiet_hours
+from .config import ChannelConfig, ThrottleRule, parse_quiet_hours
 from .model import Reason, Recipient
 from .store.base import Contact
 
@@ -65,6 +65,15 @@ def resolve_recipient(
     if address is None:
         return None
     return Recipient(address, language, timezone)
+
+
+def recipient_for(
+    kind: RecipientKind, config: ChannelConfig, contact: Contact | None, login: str
+) -> Recipient | None:
+    """Who gets a notice through the channel ``config`` describes (see resolve_recipient)."""
+    return resolve_recipient(
+        kind, contact, login, config.recipient_fallback, config.recipient_template
+    )
 
 
 def is_urgent(reasons: Iterable[Reason], urgent: Sequence[str]) -> bool:

@@ -102,15 +102,13 @@ async def policy_endpoint(request: web.Request) -> web.Response:
     try:
         started = recorder.begin(event, received)
     except Exception as exc:
-        stats.fail_open += 1
-        stats.count("report", "fail_open")
-        _limited.log(
+        return _fail_open(
+            stats,
             logging.ERROR,
             f"error:{type(exc).__name__}",
             "report failed, answered status 0: %s",
             exc,
         )
-        return _answer(REPORT_ANSWER)
     if isinstance(started, Outcome):
         _count_outcome(stats, started)
         return _answer(REPORT_ANSWER)
@@ -119,27 +117,31 @@ async def policy_endpoint(request: web.Request) -> web.Response:
         outcome = await asyncio.wait_for(asyncio.shield(work), budget)
     except TimeoutError:
         work.add_done_callback(_late_result)
-        stats.fail_open += 1
-        stats.count("report", "fail_open")
-        _limited.log(
+        return _fail_open(
+            stats,
             logging.WARNING,
             "budget",
             "report for %s not recorded within %.0f ms; answered status 0",
             event.protocol or "?",
             budget * 1000,
         )
-        return _answer(REPORT_ANSWER)
     except Exception as exc:
-        stats.fail_open += 1
-        stats.count("report", "fail_open")
-        _limited.log(
+        return _fail_open(
+            stats,
             logging.ERROR,
             f"error:{type(exc).__name__}",
             "report failed, answered status 0: %s",
             exc,
         )
-        return _answer(REPORT_ANSWER)
     _count_outcome(stats, outcome)
+    return _answer(REPORT_ANSWER)
+
+
+def _fail_open(stats: Stats, level: int, key: str, msg: str, *args: object) -> web.Response:
+    """Answer a report ``{"status":0}`` unrecorded, counted and logged (rate-limited)."""
+    stats.fail_open += 1
+    stats.count("report", "fail_open")
+    _limited.log(level, key, msg, *args)
     return _answer(REPORT_ANSWER)
 
 

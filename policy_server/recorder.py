@@ -25,6 +25,8 @@ class Prepared:
     account: str
     origin: Origin | None
     at: float
+    # the history ``begin`` already read, when the store could read it without waiting
+    history: History | None = None
 
 
 class LoginRecorder:
@@ -84,7 +86,7 @@ class LoginRecorder:
         history = self._store.history_now(account)
         if history is not None and self._fresh_repeat(history, origin, at):
             return Outcome(decision=KNOWN)
-        return Prepared(account, origin, at)
+        return Prepared(account, origin, at, history)
 
     def _fresh_repeat(self, history: History, origin: Origin, at: float) -> bool:
         known = history.find(origin)
@@ -102,9 +104,11 @@ class LoginRecorder:
         if origin is None:
             await self._store.record_failure(account, at)
             return Outcome(decision=KNOWN, wrote=True)
-        history = await self._store.history(account)
-        if self._fresh_repeat(history, origin, at):
-            return Outcome(decision=KNOWN)
+        # a store that reads without waiting was already asked in begin
+        if prepared.history is None:
+            history = await self._store.history(account)
+            if self._fresh_repeat(history, origin, at):
+                return Outcome(decision=KNOWN)
         delivery = self._config.delivery
         outcome = await self._store.record_success(
             SuccessfulLogin(

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 from .breaker import GEO_HOLD, PAUSE, Breaker
 from .config import ChannelConfig, Config, QueueConfig
-from .delivery_rules import quiet_until, resolve_recipient, throttled_until, zone
+from .delivery_rules import quiet_until, recipient_for, throttled_until, zone
 from .metrics import Metrics
 from .model import Notice
 from .notify.channels import Channel
@@ -243,13 +243,7 @@ class Worker:
             # the per-account limit is still owed to its owner, late as it is
             return result("dead", "deadline passed before delivery")
         contact = await self._store.contact(notice.account)
-        recipient = resolve_recipient(
-            channel.recipient_kind,
-            contact,
-            notice.login,
-            channel_config.recipient_fallback,
-            channel_config.recipient_template,
-        )
+        recipient = recipient_for(channel.recipient_kind, channel_config, contact, notice.login)
         if recipient is None:
             # final, and visible in the outbox: retrying cannot conjure an address
             return result("undeliverable", f"no {channel.recipient_kind} address for this account")

@@ -12,6 +12,7 @@ import aiohttp
 from yarl import URL
 
 from .. import __version__
+from .channels import Channel
 from .errors import PermanentDeliveryError, TemporaryDeliveryError
 
 USER_AGENT = f"policy-server/{__version__}"
@@ -156,3 +157,26 @@ def header_pair(value: str) -> tuple[str, str]:
     if sep and name.strip() and " " not in name.strip():
         return name.strip(), rest.strip()
     return "Authorization", value.strip()
+
+
+class HttpChannel(Channel):
+    """A channel that posts through one aiohttp session, opened with the worker."""
+
+    _timeout: aiohttp.ClientTimeout
+    _session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def _ready_session(self) -> aiohttp.ClientSession:
+        """The session, opened now if the worker has not opened it yet."""
+        if self._session is None or self._session.closed:
+            await self.open()
+        assert self._session is not None
+        return self._session

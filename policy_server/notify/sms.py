@@ -11,9 +11,8 @@ from yarl import URL
 
 from ..config import SmsChannelConfig
 from ..model import Notice, Recipient
-from .channels import Channel
 from .errors import PermanentDeliveryError
-from .http import USER_AGENT, deliver, header_pair
+from .http import USER_AGENT, HttpChannel, deliver, header_pair
 from .render import RenderedMessage
 
 
@@ -25,7 +24,7 @@ def fill(templates: Mapping[str, str], values: Mapping[str, str]) -> dict[str, s
     return {key: template.format_map(values) for key, template in templates.items()}
 
 
-class SmsChannel(Channel):
+class SmsChannel(HttpChannel):
     """Calls the gateway once per notice; its HTTP status says delivered, retry or give up."""
 
     recipient_kind = "phone"
@@ -53,16 +52,6 @@ class SmsChannel(Channel):
             )
         self._headers = headers
         self._secrets = tuple(s for s in secrets if s)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def open(self) -> None:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-
-    async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
 
     def request(
         self, notice: Notice, message: RenderedMessage, phone: str
@@ -87,12 +76,10 @@ class SmsChannel(Channel):
     ) -> None:
         if recipient is None or not recipient.address:
             raise PermanentDeliveryError(f"sms {self.name}: no phone number")
-        if self._session is None or self._session.closed:
-            await self.open()
-        assert self._session is not None
+        session = await self._ready_session()
         headers, data, params = self.request(notice, message, recipient.address)
         await deliver(
-            self._session,
+            session,
             f"sms {self.name}",
             self._config.method,
             self._url,

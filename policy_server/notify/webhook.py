@@ -13,8 +13,7 @@ from yarl import URL
 
 from ..config import WebhookChannelConfig
 from ..model import Notice, Recipient
-from .channels import Channel
-from .http import MAX_RETRY_AFTER_S, USER_AGENT, deliver, parse_retry_after
+from .http import MAX_RETRY_AFTER_S, USER_AGENT, HttpChannel, deliver, parse_retry_after
 from .render import RenderedMessage
 from .signing import secret_key, sign
 
@@ -27,7 +26,7 @@ _RESERVED_HEADERS = frozenset(
 )
 
 
-class WebhookChannel(Channel):
+class WebhookChannel(HttpChannel):
     """POSTs ``notice.payload_fields()`` plus ``message`` (the rendered body) as JSON.
 
     2xx is delivered; 408, 429 and 5xx are temporary (honouring ``Retry-After``); every other
@@ -52,16 +51,6 @@ class WebhookChannel(Channel):
         }
         # text that must never reach an error message or a log line
         self._secrets = tuple(s for s in (config.secret, self._url.password) if s)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def open(self) -> None:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-
-    async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
 
     def body(self, notice: Notice, message: str) -> bytes:
         """The exact bytes POSTed (and signed) for a notice."""
@@ -83,12 +72,10 @@ class WebhookChannel(Channel):
     async def send(
         self, notice: Notice, message: RenderedMessage, recipient: Recipient | None = None
     ) -> None:
-        if self._session is None or self._session.closed:
-            await self.open()
-        assert self._session is not None
+        session = await self._ready_session()
         body = self.body(notice, message.body)
         await deliver(
-            self._session,
+            session,
             f"webhook {self.name}",
             "POST",
             self._url,
