@@ -92,6 +92,8 @@ async def policy_endpoint(request: web.Request) -> web.Response:
     except ProtocolError as exc:
         stats.count(command or "-", exc.code)
         return _error(exc, request)
+    for repair in event.repairs:
+        _limited.log(logging.WARNING, "repaired", "request from %s: %s", request.remote, repair)
     if event.command is Command.ALLOW:
         stats.count("allow", "ok")
         return _answer(ALLOW_ANSWER)

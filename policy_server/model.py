@@ -43,7 +43,10 @@ class Reason(enum.StrEnum):
 class LoginEvent:
     """One request from Dovecot, reduced to what the service needs.
 
-    ``attributes`` keeps the other string attributes Dovecot sent (never ``pwhash``).
+    ``device_id`` is the mail program's IMAP ID as Dovecot sends it (``"name" "Thunderbird" …``),
+    ``fail_type`` Dovecot 2.4's reason for a failed login (``credentials``, ``account``, …).
+    ``attributes`` keeps the other attributes Dovecot sent (never ``pwhash``); ``repairs`` says
+    what the parser had to put right in the request, for the log.
     """
 
     command: Command
@@ -54,7 +57,10 @@ class LoginEvent:
     policy_reject: bool | None = None
     tls: bool | None = None
     session_id: str = ""
+    device_id: str = ""
+    fail_type: str = ""
     attributes: dict[str, Any] = field(default_factory=dict)
+    repairs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

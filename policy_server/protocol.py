@@ -7,7 +7,12 @@ What real Dovecot sends, and this module accepts:
 * a ``/`` in an attribute name nests one level (``"extra":{"service":"imap"}``);
 * a user attribute named ``tls`` gives the key twice; the last one, Dovecot's boolean, wins;
 * two or more ``/`` in one attribute name make Dovecot 2.3 emit invalid JSON: the request is
-  refused with an error that says so, so the admin can fix the attribute list.
+  refused with an error that says so, so the admin can fix the attribute list;
+* Dovecot 2.4 writes valid JSON for such a name, but nests every attribute that sorts after it
+  inside that group (``{"a":{"b":{…},"login":…,"remote":…},"success":…}``): the attributes the
+  service knows are found inside the group, and the event says so, for the log;
+* Dovecot 2.4 also sends ``fail_type`` (why a login failed) in its default list, and both
+  releases send ``session_id`` and ``device_id`` (the mail program's IMAP ID).
 """
 
 from __future__ import annotations
@@ -24,8 +29,15 @@ REPORT_ANSWER: Final = b'{"status":0,"msg":""}'
 
 # Keys never kept on an event: pwhash is a (weak) password digest and must not reach storage.
 _DROPPED: Final = frozenset({"pwhash"})
-_KNOWN: Final = frozenset(
-    {"login", "remote", "protocol", "success", "policy_reject", "tls", "session_id"}
+# The string attributes the service reads; the booleans Dovecot appends itself.
+_ATTRIBUTES: Final = ("login", "remote", "protocol", "session_id", "device_id", "fail_type")
+_KNOWN: Final = frozenset({*_ATTRIBUTES, "success", "policy_reject", "tls"})
+# How deep a group is searched for attributes Dovecot 2.4 nested in it.
+_MAX_GROUP_DEPTH: Final = 8
+NESTED_GROUP_REPAIR: Final = (
+    "attributes were nested inside a group: an auth_policy_request_attributes key has more"
+    " than one '/', and Dovecot 2.4 then nests every later attribute inside that group;"
+    " use at most one '/' per key (e.g. attrs/name = ...)"
 )
 _NESTED_KEY = re.compile(rb'"[^"\\]{0,200}/[^"\\]{0,200}"\s*:')
 
@@ -83,6 +95,41 @@ def _decode(body: bytes) -> dict[str, Any]:
     return data
 
 
+def _find_in_groups(data: dict[str, Any], key: str, depth: int = 0) -> str | None:
+    """The string ``key`` inside the nested groups of ``data``, depth first, or None."""
+    if depth >= _MAX_GROUP_DEPTH:
+        return None
+    for value in data.values():
+        if isinstance(value, dict):
+            found = value.get(key)
+            if isinstance(found, str):
+                return found
+            found = _find_in_groups(value, key, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def _lift_nested(data: dict[str, Any]) -> bool:
+    """Bring the attributes Dovecot 2.4 nested in a group back to the top; True if any was."""
+    lifted = False
+    for key in _ATTRIBUTES:
+        if key in data:
+            continue
+        found = _find_in_groups(data, key)
+        if found is not None:
+            data[key] = found
+            lifted = True
+    return lifted
+
+
+def _without_secrets(value: Any) -> Any:
+    """``value`` with every ``pwhash``, at any depth, left out."""
+    if isinstance(value, dict):
+        return {k: _without_secrets(v) for k, v in value.items() if k not in _DROPPED}
+    return value
+
+
 def _string(data: dict[str, Any], key: str, *, required: bool) -> str:
     value = data.get(key)
     if value is None:
@@ -127,6 +174,7 @@ def parse_request(command: str | None, body: bytes) -> LoginEvent:
     """
     cmd = parse_command(command)
     data = _decode(body)
+    repairs = (NESTED_GROUP_REPAIR,) if _lift_nested(data) else ()
     login = _string(data, "login", required=True)
     if not login.strip():
         raise ProtocolError("missing_login", "'login' is empty")
@@ -149,5 +197,10 @@ def parse_request(command: str | None, body: bytes) -> LoginEvent:
         policy_reject=_flag(data, "policy_reject"),
         tls=_flag(data, "tls"),
         session_id=_string(data, "session_id", required=False),
-        attributes={k: v for k, v in data.items() if k not in _KNOWN and k not in _DROPPED},
+        device_id=_string(data, "device_id", required=False),
+        fail_type=_string(data, "fail_type", required=False),
+        attributes={
+            k: _without_secrets(v) for k, v in data.items() if k not in _KNOWN and k not in _DROPPED
+        },
+        repairs=repairs,
     )

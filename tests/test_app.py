@@ -269,3 +269,19 @@ async def test_concurrent_reports_of_one_account_notify_once(service: Any, sink:
     client = await service()
     await asyncio.gather(*(post(client, "report", REPORT_OK) for _ in range(20)))
     assert db_rows(client, "SELECT count(*) FROM notices") == [(1,)]
+
+
+async def test_dovecot24_nested_attributes_are_recorded_and_the_cause_logged(
+    service: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Dovecot 2.4 with an attribute key a/b/c: everything after it is nested in group "a"
+    body = (
+        b'{"a":{"b":{"c":"1"},"login":"alice","protocol":"imap","remote":"203.0.113.7"},'
+        b'"success":true,"policy_reject":false,"tls":false}'
+    )
+    caplog.set_level(logging.WARNING, logger="policy_server.http")
+    client = await service()
+    assert await post(client, "report", body) == (200, {"status": 0, "msg": ""})
+    assert db_rows(client, "SELECT account, count FROM origins") == [("alice", 1)]
+    (line,) = [r.getMessage() for r in caplog.records if "nested inside a group" in r.getMessage()]
+    assert "more than one '/'" in line

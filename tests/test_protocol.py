@@ -84,6 +84,75 @@ def test_multi_level_keys_invalid_json_gets_a_clear_error() -> None:
     assert "more than one '/'" in err.value.detail
 
 
+# What Dovecot 2.4.1 sends with the attribute block of dovecot-example.conf (IMAP, a report),
+# and with pwhash left in (Dovecot's default list).
+DOVECOT24_REPORT = (
+    b'{"device_id":"\\"name\\" \\"BarClient\\"","fail_type":"","login":"dave@example.jp",'
+    b'"protocol":"imap","pwhash":"0f8b","remote":"203.0.113.9","session_id":"7F+X859htrx/AAAB",'
+    b'"success":true,"policy_reject":false,"tls":false}'
+)
+
+
+def test_dovecot24_report() -> None:
+    event = parse_request("report", DOVECOT24_REPORT)
+    assert (event.login, event.remote, event.protocol) == ("dave@example.jp", "203.0.113.9", "imap")
+    assert (event.success, event.policy_reject, event.tls) == (True, False, False)
+    assert event.session_id == "7F+X859htrx/AAAB"
+    assert event.device_id == '"name" "BarClient"'
+    assert event.fail_type == ""
+    assert event.attributes == {}
+    assert event.repairs == ()
+
+
+def test_dovecot24_failed_login_carries_fail_type() -> None:
+    body = DOVECOT24_REPORT.replace(b'"fail_type":""', b'"fail_type":"credentials"').replace(
+        b'"success":true', b'"success":false'
+    )
+    event = parse_request("report", body)
+    assert (event.success, event.fail_type) == (False, "credentials")
+
+
+def test_dovecot24_doveadm_auth_test_sends_empty_session_and_device() -> None:
+    body = (
+        b'{"device_id":"","fail_type":"","login":"u","protocol":"doveadm",'
+        b'"remote":"192.0.2.1","session_id":"","success":true,"policy_reject":false,"tls":false}'
+    )
+    event = parse_request("report", body)
+    assert (event.session_id, event.device_id, event.protocol) == ("", "", "doveadm")
+
+
+def test_dovecot24_nested_group_attributes_are_found() -> None:
+    # Dovecot 2.4 for the attribute keys a/b/c, a/b/d, a/e, login, ...: valid JSON, but every
+    # attribute after the two-level key sits inside the group "a".
+    body = (
+        b'{"a":{"b":{"c":"1","d":"2"},"e":"3","login":"dave","protocol":"imap",'
+        b'"pwhash":"0f8b","remote":"203.0.113.9","session_id":"s1"},'
+        b'"success":true,"policy_reject":false,"tls":true}'
+    )
+    event = parse_request("report", body)
+    assert (event.login, event.remote, event.protocol, event.session_id) == (
+        "dave",
+        "203.0.113.9",
+        "imap",
+        "s1",
+    )
+    assert (event.success, event.tls) == (True, True)
+    assert len(event.repairs) == 1
+    assert "more than one '/'" in event.repairs[0]
+    assert "pwhash" not in json.dumps(event.attributes)
+    assert event.attributes["a"]["b"] == {"c": "1", "d": "2"}
+
+
+def test_nested_group_never_overrides_top_level_attributes() -> None:
+    body = (
+        b'{"login":"dave","protocol":"imap","remote":"203.0.113.9",'
+        b'"x":{"y":{"z":"1"},"login":"mallory"},"success":true,"tls":false}'
+    )
+    event = parse_request("report", body)
+    assert event.login == "dave"
+    assert event.repairs == ()
+
+
 @pytest.mark.parametrize(
     ("command", "body", "code"),
     [
