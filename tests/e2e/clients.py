@@ -15,6 +15,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+from harness import Dovecot
+
 
 def imap_login(port: int, user: str, password: str, address: str | None) -> bool:
     """Log in over IMAP; True when Dovecot accepted the credentials."""
@@ -97,25 +99,14 @@ def postfix_sasl_auth(base_dir: Path, user: str, password: str, address: str) ->
 
 
 def doveadm_auth_test(
-    config: Path, base_dir: Path, user: str, password: str, address: str, service: str | None = None
+    dovecot: Dovecot, user: str, password: str, address: str, service: str | None = None
 ) -> bool:
     """``doveadm auth test``: the full policy cycle with no network client at all."""
     extra = ["-x", f"service={service}"] if service else []
+    auth_socket = dovecot.inner(dovecot.base_dir / "auth-client")
+    args = ["auth", "test", "-a", auth_socket, *extra, "-x", f"rip={address}", user, password]
     run = subprocess.run(
-        [
-            "doveadm",
-            "-c",
-            str(config),
-            "auth",
-            "test",
-            "-a",
-            str(base_dir / "auth-client"),
-            *extra,
-            "-x",
-            f"rip={address}",
-            user,
-            password,
-        ],
+        dovecot.command("doveadm", *args),
         capture_output=True,
         text=True,
         timeout=30,

@@ -10,8 +10,6 @@ import asyncio
 import functools
 import json
 import os
-import re
-import shutil
 import signal
 import socket
 import sqlite3
@@ -26,9 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "dovecot-example.conf"
+from builds import DovecotBuild, Scenario, copy_stock_config, install_shipped
 
 
 def free_port() -> int:
@@ -68,16 +64,6 @@ def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) ->
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=timeout)
-
-
-def example_policy_settings() -> dict[str, str]:
-    """The Dovecot 2.3 auth-policy settings of the project's dovecot-example.conf."""
-    settings: dict[str, str] = {}
-    for line in EXAMPLE.read_text(encoding="utf-8").splitlines():
-        match = re.match(r"^(auth_policy_\w+)\s*=\s*(.*)$", line)
-        if match:
-            settings[match.group(1)] = match.group(2).strip()
-    return settings
 
 
 class WebhookSink:
@@ -144,6 +130,11 @@ class PolicyService:
     ) -> None:
         self.directory = directory
         self.port = free_port()
+        # the header Dovecot sends for this value ("Name: value", or a bare X-API-Key value)
+        name, colon, value = api_header.partition(":")
+        self.headers = {name.strip(): value.strip()} if colon else {"X-API-Key": api_header}
+        if not api_header:
+            self.headers = {}
         self.db = directory / "policy.sqlite3"
         # The service logs to stderr: a file of its own, so assertions read exactly its log.
         self.log_path = directory / "policy-server.stderr"
@@ -206,13 +197,15 @@ url = "{sink_url}"
             )
         wait_until(self.ready, 30, "policy-server to answer")
 
-    def post(self, command: str, payload: dict[str, Any], timeout: float = 1.0) -> int:
+    def post(
+        self, command: str, payload: dict[str, Any], timeout: float = 1.0, *, auth: bool = True
+    ) -> int:
         """POST a request as Dovecot would and return the HTTP status (OSError: no answer)."""
         request = urllib.request.Request(
             f"{self.url}?command={command}",
             data=json.dumps(payload).encode(),
             method="POST",
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **(self.headers if auth else {})},
         )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as resp:
@@ -265,19 +258,36 @@ url = "{sink_url}"
 
 
 class Dovecot:
-    """A private Dovecot instance (``dovecot -F -c``) with passwd-file users."""
+    """A private Dovecot instance (``dovecot -F -c``) of one build, with passwd-file users.
+
+    Its configuration is the build's stock ``/etc/dovecot`` (copied), the project's shipped
+    file for that major in ``conf.d/95-policy-server.conf`` with the URL, the API secret and the
+    nonce set, and the test's site and scenario settings in ``local.conf``.
+    """
 
     USERS = (*tuple(f"user{i}" for i in range(1, 41)), "alice", "bob", "carol")
 
-    def __init__(self, directory: Path, policy: dict[str, str]) -> None:
+    def __init__(
+        self,
+        build: DovecotBuild,
+        directory: Path,
+        url: str,
+        api_header: str,
+        scenario: Scenario,
+    ) -> None:
+        self.build = build
         self.directory = directory
         self.base_dir = directory / "run"
-        self.imap_port = free_port()
-        self.pop3_port = free_port()
-        self.submission_port = free_port()
-        self.config = directory / "dovecot.conf"
+        self.ports = {"imap": free_port(), "pop3": free_port(), "submission": free_port()}
+        self.imap_port = self.ports["imap"]
+        self.pop3_port = self.ports["pop3"]
+        self.submission_port = self.ports["submission"]
+        self.etc = directory / "etc"
+        self.config = self.etc / "dovecot.conf"
         self.log_path = directory / "dovecot.log"
-        self.policy = policy
+        self.url = url
+        self.api_header = api_header
+        self.scenario = scenario
         self.proc: subprocess.Popen[bytes] | None = None
 
     @staticmethod
@@ -293,76 +303,40 @@ class Dovecot:
             "".join(f"{u}:{{PLAIN}}{self.password(u)}::::::\n" for u in self.USERS),
             encoding="utf-8",
         )
-        policy = "\n".join(f"{key} = {value}" for key, value in self.policy.items())
-        self.config.write_text(
-            f"""
-base_dir = {self.base_dir}
-state_dir = {self.directory / "state"}
-log_path = {self.log_path}
-protocols = imap pop3 submission
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-login_trusted_networks = 127.0.0.0/8 ::1/128
-imap_id_retain = yes
-auth_failure_delay = 0
-auth_verbose = yes
-hostname = localhost
-submission_relay_host = 127.0.0.1
-default_internal_user = dovecot
-default_internal_group = dovecot
-default_login_user = dovenull
-mail_location = maildir:{self.directory / "mail"}/%u
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {users}
-}}
-userdb {{
-  driver = static
-  args = uid=65534 gid=65534 home={self.directory / "mail"}/%u
-}}
-service imap-login {{
-  inet_listener imap {{
-    port = {self.imap_port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-service pop3-login {{
-  inet_listener pop3 {{
-    port = {self.pop3_port}
-  }}
-  inet_listener pop3s {{
-    port = 0
-  }}
-}}
-service submission-login {{
-  inet_listener submission {{
-    port = {self.submission_port}
-  }}
-}}
-{policy}
-""",
+        copy_stock_config(self.build, self.etc)
+        (self.etc / "conf.d" / "95-policy-server.conf").write_text(
+            install_shipped(self.build.major, self.url, self.api_header), encoding="utf-8"
+        )
+        (self.etc / "local.conf").write_text(
+            self.build.site_settings(self.directory, users, self.ports)
+            + self.build.scenario_settings(self.scenario),
             encoding="utf-8",
         )
+
+    def inner(self, path: Path) -> str:
+        """``path`` as this Dovecot sees it."""
+        return str(self.build.inner_path(path))
+
+    def command(self, program: str, *args: str) -> list[str]:
+        """A command line for one of Dovecot's programs with this instance's config."""
+        return self.build.command(program, "-c", self.inner(self.config), *args)
 
     def start(self) -> None:
         self.write_config()
         with (self.directory / "dovecot.stdout").open("ab") as out:
             self.proc = subprocess.Popen(
-                [shutil.which("dovecot") or "dovecot", "-F", "-c", str(self.config)],
+                self.build.command("dovecot", "-F", "-c", self.inner(self.config)),
                 stdout=out,
                 stderr=out,
             )
-        for port in (self.imap_port, self.pop3_port, self.submission_port):
+        for port in self.ports.values():
             wait_until(functools.partial(self._listening, port), 20, f"Dovecot on port {port}")
 
     def _listening(self, port: int) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"Dovecot exited: {self.log()}")
+            out = (self.directory / "dovecot.stdout").read_text(errors="replace")
+            raise AssertionError(f"Dovecot exited: {out}{self.log()}")
         return port_open(port)
 
     def stop(self) -> None:
@@ -375,4 +349,13 @@ service submission-login {{
 
     def policy_lines(self, user: str) -> list[str]:
         """The auth process's policy log lines for ``user`` (detailed with ``auth_debug``)."""
-        return [line for line in self.log().splitlines() if f"policy({user}," in line]
+        return self.build.policy_log_lines(self.log(), user)
+
+    def request_bodies(self, user: str) -> list[dict[str, Any]]:
+        """The JSON bodies Dovecot logged sending for ``user`` (needs ``auth_debug``)."""
+        bodies = []
+        for line in self.policy_lines(user):
+            _, marker, body = line.partition("Policy server request JSON: ")
+            if marker:
+                bodies.append(json.loads(body))
+        return bodies

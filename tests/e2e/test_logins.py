@@ -108,7 +108,7 @@ def test_smtp_auth_as_postfix_does_it(world: World) -> None:
 
 def test_doveadm_auth_test(world: World) -> None:
     d = world.dovecot
-    assert doveadm_auth_test(d.config, d.base_dir, "user4", d.password("user4"), "2001:db8:1::77")
+    assert doveadm_auth_test(d, "user4", d.password("user4"), "2001:db8:1::77")
     (notice,) = world.sink.wait_for("user4")
     assert (notice["login"], notice["reasons"]) == ("user4", ["first_use"])
     assert (notice["protocol"], notice["remote"], notice["country"], notice["asn"]) == (
@@ -121,9 +121,7 @@ def test_doveadm_auth_test(world: World) -> None:
 
 def test_doveadm_auth_test_names_the_service_it_is_given(world: World) -> None:
     d = world.dovecot
-    assert doveadm_auth_test(
-        d.config, d.base_dir, "user7", d.password("user7"), "192.0.2.77", service="imap"
-    )
+    assert doveadm_auth_test(d, "user7", d.password("user7"), "192.0.2.77", service="imap")
     (notice,) = world.sink.wait_for("user7")
     assert (notice["protocol"], notice["remote"], notice["country"]) == ("imap", "192.0.2.77", "DE")
 

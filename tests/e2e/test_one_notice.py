@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+from builds import DovecotBuild
 from clients import imap_login, submission_login
 from world import start_world, stop_world
 
@@ -13,11 +14,11 @@ pytestmark = pytest.mark.e2e
 
 
 def test_imap_and_submission_from_one_new_address_are_one_notice(
-    e2e_dir: Path, geo: dict[str, Path]
+    build: DovecotBuild, e2e_dir: Path, geo: dict[str, Path]
 ) -> None:
     # hold each new notice 3 s, as [delivery] hold_s does (60 s by default), so the
     # submission login that follows the IMAP one can join it
-    world = start_world(e2e_dir / "one-notice", geo, hold_s=3.0)
+    world = start_world(build, e2e_dir / "one-notice", geo, hold_s=3.0)
     try:
         d = world.dovecot
         started = time.monotonic()

@@ -6,17 +6,15 @@ import itertools
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from builds import DovecotBuild, Scenario
 from clients import imap_login
 from harness import wait_until
 from world import World, start_world, stop_world
 
 pytestmark = pytest.mark.e2e
-
-# Dovecot sends allow before and after the password check only when asked; turn both on here so
-# that logins really wait on the service.
-CHECKS = {"auth_policy_check_before_auth": "yes", "auth_policy_check_after_auth": "yes"}
 
 MakeWorld = Callable[..., World]
 
@@ -24,12 +22,12 @@ _counter = itertools.count(1)
 
 
 @pytest.fixture
-def fresh(e2e_dir: Path, geo: dict[str, Path]) -> Iterator[MakeWorld]:
+def fresh(build: DovecotBuild, e2e_dir: Path, geo: dict[str, Path]) -> Iterator[MakeWorld]:
     worlds: list[World] = []
 
-    def make(**kwargs: str) -> World:
+    def make(**kwargs: Any) -> World:
         # short names: Dovecot's unix sockets live below this directory (108-byte limit)
-        world = start_world(e2e_dir / f"w{next(_counter)}", geo, **kwargs)
+        world = start_world(build, e2e_dir / f"w{next(_counter)}", geo, **kwargs)
         worlds.append(world)
         return world
 
@@ -39,13 +37,9 @@ def fresh(e2e_dir: Path, geo: dict[str, Path]) -> Iterator[MakeWorld]:
 
 
 def test_api_header_on_both_sides(fresh: MakeWorld) -> None:
-    # auth_debug makes Dovecot log each policy request and the status it parsed from the answer
-    world = fresh(
-        api_header="X-API-Key: s3cret",
-        dovecot_header="X-API-Key: s3cret",
-        auth_debug="yes",
-        **CHECKS,
-    )
+    # auth_debug makes Dovecot log each policy request and the status it parsed from the answer;
+    # Dovecot sends allow before and after the password check only when asked: both on here
+    world = fresh(scenario=Scenario(checks=True, auth_debug=True))
     d = world.dovecot
     refused_before = world.service.log().count("refused request")  # the harness's own probe
     assert imap_login(d.imap_port, "bob", d.password("bob"), "203.0.113.8")
@@ -67,9 +61,20 @@ def test_api_header_on_both_sides(fresh: MakeWorld) -> None:
     assert sum(line.endswith("Policy response 0") for line in lines) == 2
     assert not [line for line in lines if "HTTP error" in line]
 
+    # what the shipped file makes Dovecot send: never pwhash; the mail program's ID
+    bodies = d.request_bodies("bob")
+    assert len(bodies) == 3
+    expected = {"login", "remote", "protocol", "session_id", "device_id", "tls"}
+    if world.major == "2.4":
+        expected.add("fail_type")
+    for body in bodies:
+        assert "pwhash" not in body
+        assert expected <= set(body) <= expected | {"success", "policy_reject"}
+        assert body["device_id"] == '"name" "e2e-client"'
+
 
 def test_bare_api_header_value_is_sent_as_x_api_key(fresh: MakeWorld) -> None:
-    world = fresh(api_header="s3cret", dovecot_header="s3cret")
+    world = fresh(api_header="s3cret", scenario=Scenario(api_header="s3cret"))
     d = world.dovecot
     assert imap_login(d.imap_port, "bob", d.password("bob"), "203.0.113.8")
     (notice,) = world.sink.wait_for("bob")
@@ -77,7 +82,10 @@ def test_bare_api_header_value_is_sent_as_x_api_key(fresh: MakeWorld) -> None:
 
 
 def test_wrong_api_header_is_refused_and_logins_still_succeed(fresh: MakeWorld) -> None:
-    world = fresh(api_header="X-API-Key: s3cret", dovecot_header="X-API-Key: wrong", **CHECKS)
+    world = fresh(
+        api_header="X-API-Key: s3cret",
+        scenario=Scenario(api_header="X-API-Key: wrong", checks=True),
+    )
     d, s = world.dovecot, world.service
     assert imap_login(d.imap_port, "bob", d.password("bob"), "203.0.113.8")
     # allow, allow and report were all refused; once the report's 401 is logged nothing is pending
@@ -90,7 +98,7 @@ def test_wrong_api_header_is_refused_and_logins_still_succeed(fresh: MakeWorld) 
 
 
 def test_frozen_or_stopped_service_never_blocks_logins(fresh: MakeWorld) -> None:
-    world = fresh(auth_policy_server_timeout_msecs="500", **CHECKS)
+    world = fresh(scenario=Scenario(timeout_ms=500, checks=True))
     d, s = world.dovecot, world.service
 
     s.freeze()
@@ -116,14 +124,28 @@ def test_frozen_or_stopped_service_never_blocks_logins(fresh: MakeWorld) -> None
     assert (notice["reasons"], notice["country"]) == (["first_use"], "DE")
 
 
-def test_multi_level_attributes_invalid_json(fresh: MakeWorld) -> None:
-    attributes = (
-        "login=%{requested_username} remote=%{rip} protocol=%s session_id=%{session} "
-        "a/b/c=1 a/b/d=2 a/e=3"
-    )
-    world = fresh(auth_policy_request_attributes=attributes)
+NESTED = (("a/b/c", "1"), ("a/b/d", "2"), ("a/e", "3"))
+
+
+def test_multi_level_attribute_keys(fresh: MakeWorld) -> None:
+    world = fresh(scenario=Scenario(extra_attributes=NESTED, auth_debug=True))
     d, s = world.dovecot, world.service
     assert imap_login(d.imap_port, "bob", d.password("bob"), "203.0.113.8")
+    if world.major == "2.4":
+        # valid JSON, every attribute after "a/b/c" inside group "a": found there, and the
+        # cause logged
+        (notice,) = world.sink.wait_for("bob")
+        assert (notice["reasons"], notice["remote"], notice["protocol"]) == (
+            ["first_use"],
+            "203.0.113.8",
+            "imap",
+        )
+        report = next(b for b in d.request_bodies("bob") if "success" in b)
+        assert "login" not in report and report["a"]["login"] == "bob"
+        assert "nested inside a group" in s.log()
+        assert "more than one '/'" in s.log()
+        return
+    # Dovecot 2.3: invalid JSON, refused with a log line that names the cause
     wait_until(lambda: "invalid JSON" in s.log(), 10, "the service to log the bad body")
     assert "more than one '/'" in s.log()
     wait_until(lambda: "Policy server HTTP error: 400" in d.log(), 10, "Dovecot to see the 400")

@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import Dovecot, PolicyService, WebhookSink, example_policy_settings
+from builds import DovecotBuild, Scenario
+from harness import Dovecot, PolicyService, WebhookSink
+
+# The API header both sides use unless a scenario says otherwise: the shipped files' secret
+# ("change-me") is the one thing besides the URL and the nonce an admin sets.
+API_HEADER = "X-API-Key: e2e-secret"
 
 
 @dataclass
@@ -16,27 +21,26 @@ class World:
     service: PolicyService
     sink: WebhookSink
 
+    @property
+    def major(self) -> str:
+        return self.dovecot.build.major
+
 
 def start_world(
+    build: DovecotBuild,
     directory: Path,
     geo: dict[str, Path],
     *,
-    api_header: str = "",
-    dovecot_header: str = "",
+    api_header: str = API_HEADER,
     hold_s: float = 0.0,
-    **policy: str,
+    scenario: Scenario | None = None,
 ) -> World:
     directory.mkdir(parents=True, exist_ok=True)
     sink = WebhookSink()
     sink.start()
     service = PolicyService(directory, geo, sink.url, api_header=api_header, hold_s=hold_s)
     service.start()
-    settings = example_policy_settings()
-    settings["auth_policy_server_url"] = service.url
-    if dovecot_header:
-        settings["auth_policy_server_api_header"] = dovecot_header
-    settings.update(policy)
-    dovecot = Dovecot(directory / "dovecot", settings)
+    dovecot = Dovecot(build, directory / "dovecot", service.url, api_header, scenario or Scenario())
     try:
         dovecot.start()
     except BaseException:
