@@ -18,9 +18,10 @@ from typing import IO, Any
 log = logging.getLogger("policy_server.events")
 
 # "imap-login: Login: user=<alice>, method=PLAIN, rip=203.0.113.7, lip=..., TLS, session=<..>"
-# as Dovecot 2.3 and 2.4 write it, with or without the "Info: " of its own log file.
+# as Dovecot 2.3 writes it ("Logged in: user=<...>" in 2.4), with or without the "Info: " of its
+# own log file.
 _LOGIN = re.compile(
-    r"\b(?P<service>imap|pop3|submission|managesieve)-login: (?:Info: )?Login: "
+    r"\b(?P<service>imap|pop3|submission|managesieve)-login: (?:Info: )?(?:Login|Logged in): "
     r"user=<(?P<user>[^>]*)>, .*?\brip=(?P<rip>[0-9A-Fa-f:.]+)"
 )
 _ISO = re.compile(

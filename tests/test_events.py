@@ -107,3 +107,19 @@ def test_batches_keep_each_login_once_and_the_order() -> None:
     cut = list(batches(events, size=3))
     assert [[e.login for e in b] for b in cut] == [["a", "b"], ["A", "c", "b"]]
     assert [e for b in cut for e in b] == events
+
+
+def test_dovecot24_logged_in_lines() -> None:
+    # Dovecot 2.4.1's own log file (Debian 13), as the end-to-end suite sees it
+    line = (
+        "Dec 02 09:46:23 pop3-login: Info: Logged in: user=<user8>, method=PLAIN, "
+        "rip=2001:db8::8, lip=127.0.0.1, mpid=14190, secured, session=<lyYNhKNhypx/AAAB>"
+    )
+    event = parse_dovecot_line(line, TOKYO, NOW)
+    assert event is not None
+    assert (event.login, event.remote, event.protocol) == ("user8", "2001:db8::8", "pop3")
+    aborted = (
+        "Dec 02 09:46:23 imap-login: Info: Login aborted: Connection closed (auth_process_not_"
+        "ready): user=<>, rip=127.0.0.1, lip=127.0.0.1, secured, session=<cWcMhKNhepl/AAAB>"
+    )
+    assert parse_dovecot_line(aborted, TOKYO, NOW) is None

@@ -262,7 +262,7 @@ class Dovecot:
 
     Its configuration is the build's stock ``/etc/dovecot`` (copied), the project's shipped
     file for that major in ``conf.d/95-policy-server.conf`` with the URL, the API secret and the
-    nonce set, and the test's site and scenario settings in ``local.conf``.
+    nonce set (none without a URL), and the test's site and scenario settings in ``local.conf``.
     """
 
     USERS = (*tuple(f"user{i}" for i in range(1, 41)), "alice", "bob", "carol")
@@ -271,7 +271,7 @@ class Dovecot:
         self,
         build: DovecotBuild,
         directory: Path,
-        url: str,
+        url: str | None,
         api_header: str,
         scenario: Scenario,
     ) -> None:
@@ -304,9 +304,10 @@ class Dovecot:
             encoding="utf-8",
         )
         copy_stock_config(self.build, self.etc)
-        (self.etc / "conf.d" / "95-policy-server.conf").write_text(
-            install_shipped(self.build.major, self.url, self.api_header), encoding="utf-8"
-        )
+        if self.url is not None:  # None: no policy server at all
+            (self.etc / "conf.d" / "95-policy-server.conf").write_text(
+                install_shipped(self.build.major, self.url, self.api_header), encoding="utf-8"
+            )
         (self.etc / "local.conf").write_text(
             self.build.site_settings(self.directory, users, self.ports)
             + self.build.scenario_settings(self.scenario),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from clients import (
     doveadm_auth_test,
@@ -12,6 +14,8 @@ from clients import (
 )
 from harness import wait_until
 from world import World
+
+from policy_server.events import parse_dovecot_line
 
 pytestmark = pytest.mark.e2e
 
@@ -144,3 +148,23 @@ def test_wrong_password_and_unknown_user_change_nothing(world: World) -> None:
     wait_until(lambda: "report imap success=False" in s.log(), 10, "the unknown user's report")
     assert s.query("SELECT count(*) FROM accounts WHERE account = 'nosuchuser'") == [(0,)]
     assert world.sink.received("nosuchuser") == []
+
+
+def test_import_log_reads_this_dovecots_login_lines(world: World) -> None:
+    """``import-log`` understands the login lines this major writes to its own log file."""
+    d = world.dovecot
+    assert imap_login(d.imap_port, "user8", d.password("user8"), "192.0.2.88")
+    assert pop3_login(d.pop3_port, "user8", d.password("user8"), "2001:db8:1::88")
+    assert submission_login(d.submission_port, "user8", d.password("user8"), "198.51.100.88")
+    now = datetime.now(UTC)
+
+    def events() -> list[tuple[str, str, str]]:
+        parsed = (parse_dovecot_line(line, UTC, now) for line in d.log().splitlines())
+        return [(e.login, e.remote, e.protocol) for e in parsed if e and e.login == "user8"]
+
+    found = wait_until(lambda: len(events()) == 3 and events(), 10, "three login lines")
+    assert sorted(found) == [
+        ("user8", "192.0.2.88", "imap"),
+        ("user8", "198.51.100.88", "submission"),
+        ("user8", "2001:db8:1::88", "pop3"),
+    ]
