@@ -67,12 +67,22 @@ def _timestamp(text: str, zone: tzinfo, now: datetime) -> float | None:
             when = when.replace(tzinfo=zone)
         return when.timestamp()
     if match := _SYSLOG.match(text):
-        # syslog leaves out the year: take the one that does not put the line in the future
-        parsed = datetime.strptime(" ".join(match.group("ts").split()), "%b %d %H:%M:%S")
-        when = parsed.replace(year=now.year, tzinfo=zone)
-        if when > now + timedelta(days=1):
-            when = when.replace(year=now.year - 1)
-        return when.timestamp()
+        return _syslog_timestamp(" ".join(match.group("ts").split()), zone, now)
+    return None
+
+
+def _syslog_timestamp(stamp: str, zone: tzinfo, now: datetime) -> float | None:
+    # syslog leaves out the year: take the latest that does not put the line in the future.
+    # The year is parsed with the rest (strptime's default, 1900, has no 29 February, and
+    # Python 3.13 deprecates parsing a day of month without a year).
+    for year in range(now.year, now.year - 8, -1):
+        try:
+            when = datetime.strptime(f"{year} {stamp}", "%Y %b %d %H:%M:%S")
+        except ValueError:
+            continue  # 29 February in a common year, or no such day at all
+        when = when.replace(tzinfo=zone)
+        if when <= now + timedelta(days=1):
+            return when.timestamp()
     return None
 
 

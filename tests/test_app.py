@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import sqlite3
@@ -49,7 +50,7 @@ async def service(
 
 def db_rows(client: Client, sql: str) -> list[tuple[Any, ...]]:
     path = client.app[keys.CONFIG].storage.path
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         return conn.execute(sql).fetchall()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import shutil
 import sqlite3
@@ -57,7 +58,7 @@ def channels(sink: Sink, admin: Sink) -> list[dict[str, Any]]:
 
 
 def rows(config: Config, sql: str, *params: object) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(config.storage.path) as conn:
+    with contextlib.closing(sqlite3.connect(config.storage.path)) as conn, conn:
         return conn.execute(sql, params).fetchall()
 
 

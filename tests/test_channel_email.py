@@ -504,7 +504,7 @@ def email_channel(port: int) -> dict[str, Any]:
 
 
 def deliveries(client: Client) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(client.app[keys.CONFIG].storage.path) as conn:
+    with contextlib.closing(sqlite3.connect(client.app[keys.CONFIG].storage.path)) as conn, conn:
         return conn.execute(
             "SELECT notice_id, status, attempts, last_error FROM deliveries ORDER BY notice_id"
         ).fetchall()

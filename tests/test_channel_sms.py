@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import sqlite3
 import time
@@ -448,7 +449,7 @@ def report(login: str) -> bytes:
 
 
 def deliveries(client: Client) -> dict[str, tuple[Any, ...]]:
-    with sqlite3.connect(client.app[keys.CONFIG].storage.path) as conn:
+    with contextlib.closing(sqlite3.connect(client.app[keys.CONFIG].storage.path)) as conn, conn:
         rows = conn.execute(
             "SELECT account, status, attempts, last_error FROM deliveries"
         ).fetchall()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import sqlite3
 from collections.abc import Callable
@@ -41,7 +42,7 @@ async def start(aiohttp_client: Any, make_config: Callable[..., Config], **secti
 
 
 def deliveries(client: Client) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(client.app[keys.CONFIG].storage.path) as conn:
+    with contextlib.closing(sqlite3.connect(client.app[keys.CONFIG].storage.path)) as conn, conn:
         return conn.execute("SELECT status, attempts, last_error FROM deliveries").fetchall()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import sqlite3
 import time
@@ -189,7 +190,7 @@ async def start(aiohttp_client: Any, make_config: Callable[..., Config], **secti
 
 
 def rows(client: Client, sql: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(client.app[keys.CONFIG].storage.path) as conn:
+    with contextlib.closing(sqlite3.connect(client.app[keys.CONFIG].storage.path)) as conn, conn:
         return conn.execute(sql).fetchall()
 
 

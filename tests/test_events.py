@@ -56,6 +56,14 @@ def test_syslog_dates_never_land_in_the_future() -> None:
     assert event.at == ts(2025, 12, 30, 23, 59, 59)
 
 
+def test_syslog_leap_day_is_the_last_one_and_no_such_day_is_no_login() -> None:
+    login = " mail dovecot: imap-login: Login: user=<a>, method=PLAIN, rip=192.0.2.1"
+    event = parse_dovecot_line("Feb 29 06:00:00" + login, TOKYO, NOW)
+    assert event is not None
+    assert event.at == ts(2024, 2, 29, 6, 0, 0)
+    assert parse_dovecot_line("Feb 30 06:00:00" + login, TOKYO, NOW) is None
+
+
 def test_failed_logins_and_other_lines_are_not_logins() -> None:
     lines = DATA.read_text(encoding="utf-8").splitlines()
     assert parse_dovecot_line(lines[1], TOKYO, NOW) is None  # logged out

@@ -4,6 +4,7 @@ known networks, and replay of past logins through a candidate config."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -44,7 +45,7 @@ DAY = 86400.0
 
 
 def rows(config: Config, sql: str, *params: object) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(config.storage.path) as conn:
+    with contextlib.closing(sqlite3.connect(config.storage.path)) as conn, conn:
         return conn.execute(sql, params).fetchall()
 
 

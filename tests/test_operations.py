@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import contextlib
 import json
 import logging
 import os
@@ -107,7 +108,7 @@ async def test_shutdown_puts_deliveries_in_flight_back_in_the_queue(
     await client.post("/?command=report", data=report())
     await sink.wait_for(1)  # the delivery is in flight
     await client.close()
-    with sqlite3.connect(config.storage.path) as conn:
+    with contextlib.closing(sqlite3.connect(config.storage.path)) as conn, conn:
         rows = conn.execute("SELECT status, attempts, claimed_by FROM deliveries").fetchall()
     assert rows == [("queued", 0, None)]
 

@@ -4,6 +4,7 @@ again), a peer that is down, a store that is locked, slow and idle clients."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import socket
@@ -137,7 +138,7 @@ def test_refused_requests_change_nothing(fuzz_target: Process) -> None:
     db = fuzz_target.config_path.parent / "store.sqlite3"
 
     def counts() -> tuple[int, ...]:
-        with sqlite3.connect(db) as conn:
+        with contextlib.closing(sqlite3.connect(db)) as conn, conn:
             return tuple(
                 conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                 for t in ("accounts", "origins", "notices", "deliveries", "decisions")
@@ -202,7 +203,7 @@ async def test_sigkill_again_and_again_under_load_loses_nothing_acknowledged(
     service.start()
     try:
         await service.ready()
-        with sqlite3.connect(db) as conn:
+        with contextlib.closing(sqlite3.connect(db)) as conn, conn:
             recorded = {row[0] for row in conn.execute("SELECT account FROM accounts")}
             notices = {row[0] for row in conn.execute("SELECT id FROM notices")}
         assert acknowledged

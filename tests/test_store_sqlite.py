@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -50,7 +51,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         return conn.execute(sql).fetchall()
 
 
@@ -280,7 +281,7 @@ async def test_a_failing_decision_fails_its_login_and_the_writer_lives_on(store:
 async def test_purge_keeps_held_notices(store: Store, tmp_path: Path) -> None:
     await record(store, login("held-one", at=1000.0))
     await record(store, login("sent-one", at=1000.0))
-    with sqlite3.connect(tmp_path / "s.sqlite3") as conn:
+    with contextlib.closing(sqlite3.connect(tmp_path / "s.sqlite3")) as conn, conn:
         conn.execute(
             "UPDATE deliveries SET status = CASE account WHEN 'held-one' THEN 'held'"
             " ELSE 'sent' END"
@@ -309,7 +310,7 @@ def test_request_and_queue_queries_use_indexes(tmp_path: Path) -> None:
         "finish": (impl._FINISH["sent"], (0.0, "n", "c", "o")),
         "fold": (impl._FOLD, ("n", 0.0, "m", "c", "o")),
     }
-    with sqlite3.connect(tmp_path / "plan.sqlite3") as conn:
+    with contextlib.closing(sqlite3.connect(tmp_path / "plan.sqlite3")) as conn, conn:
         for name, (sql, params) in statements.items():
             plan = conn.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
             details = [row[3] for row in plan]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -101,7 +102,7 @@ url = "{sink.url}"
             )
         assert set(statuses) == {200}
 
-        with sqlite3.connect(db) as conn:
+        with contextlib.closing(sqlite3.connect(db)) as conn, conn:
             notices = conn.execute("SELECT id, account, reasons FROM notices").fetchall()
         # per account: one first use, and one new-country notice for the other address
         assert len(notices) == 2 * len(accounts)
@@ -113,7 +114,7 @@ url = "{sink.url}"
 
         # delivered (or carried in another notice of the same account) exactly once
         for _ in range(200):
-            with sqlite3.connect(db) as conn:
+            with contextlib.closing(sqlite3.connect(db)) as conn, conn:
                 settled = conn.execute(
                     "SELECT count(*) FROM deliveries WHERE status IN ('sent', 'folded')"
                 ).fetchone()[0]
@@ -123,7 +124,7 @@ url = "{sink.url}"
         assert settled == len(notices)
         ids = [n["id"] for n in sink.received]
         assert len(ids) == len(set(ids))
-        with sqlite3.connect(db) as conn:
+        with contextlib.closing(sqlite3.connect(db)) as conn, conn:
             sent = {
                 r[0] for r in conn.execute("SELECT notice_id FROM deliveries WHERE status = 'sent'")
             }
