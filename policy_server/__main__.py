@@ -1,5 +1,5 @@
 """``python -m policy_server`` is the same as the ``policy-server`` command."""
 
-from .cli import main
+from .commands.main import main
 
 raise SystemExit(main())

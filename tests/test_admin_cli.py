@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from policy_server.admin import parse_duration, read_contacts
-from policy_server.cli import STATUSES, main
+from policy_server.commands.admin import parse_duration, read_contacts
+from policy_server.commands.main import STATUSES, main
 from policy_server.config import Config, load_config
 from policy_server.model import AddressClass, History, Origin
 from policy_server.policy import Decision, decide

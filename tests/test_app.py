@@ -18,9 +18,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from support import Sink
 
-from policy_server import keys
-from policy_server.app import create_app
 from policy_server.config import Config
+from policy_server.service import keys
+from policy_server.service.app import create_app
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[[web.Application], Awaitable[Client]]

@@ -19,12 +19,7 @@ from geodata import STANDARD_NETWORKS, Network, write_asn_mmdb, write_country_mm
 from support import Sink
 from test_delivery import report
 
-from policy_server import keys
-from policy_server.app import create_app, reload_geo
-from policy_server.bootstrap import record_history
-from policy_server.breaker import BREAKER, GEO_HOLD, check
-from policy_server.config import BreakerConfig, Config
-from policy_server.control_commands import (
+from policy_server.commands.control import (
     breaker_close,
     breaker_status,
     outbox_discard,
@@ -32,8 +27,13 @@ from policy_server.control_commands import (
     outbox_release,
     set_pause,
 )
+from policy_server.commands.import_log import record_history
+from policy_server.config import BreakerConfig, Config
+from policy_server.delivery.breaker import BREAKER, GEO_HOLD, check
 from policy_server.events import Event
 from policy_server.model import Command, LoginEvent
+from policy_server.service import keys
+from policy_server.service.app import create_app, reload_geo
 from policy_server.store import open_store
 from policy_server.store.base import HeldFilter, NoticeRates
 
@@ -298,7 +298,7 @@ async def seed_history(config: Config) -> None:
             for i in range(40)
         ]
         await record_history(store, resolver, config, events)
-        from policy_server.geo_guard import GEO_FILES, fingerprint
+        from policy_server.delivery.geo_guard import GEO_FILES, fingerprint
 
         await store.set_control(GEO_FILES, {"files": fingerprint(config.geoip)}, now)
     finally:

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 from policy_server.config import CommandChannelConfig
+from policy_server.delivery.channels.base import build_channel
+from policy_server.delivery.channels.command import STDERR_CHARS, CommandChannel
+from policy_server.delivery.channels.errors import PermanentDeliveryError, TemporaryDeliveryError
+from policy_server.delivery.render import RenderedMessage
 from policy_server.model import Notice, Reason, Recipient
-from policy_server.notify.channels import build_channel
-from policy_server.notify.command import STDERR_CHARS, CommandChannel
-from policy_server.notify.errors import PermanentDeliveryError, TemporaryDeliveryError
-from policy_server.notify.render import RenderedMessage
 
 BODY = "【Example Mailへのアクセスのお知らせ】\n■国・地域（推定）\nアメリカ合衆国\n"
 MESSAGE = RenderedMessage(

@@ -29,18 +29,18 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from support import free_port
 
-from policy_server import keys
-from policy_server.app import create_app
 from policy_server.config import Config, EmailChannelConfig
-from policy_server.model import Notice, Reason, Recipient
-from policy_server.notify.channels import build_channel
-from policy_server.notify.email import EmailChannel, build_message, classify, message_id
-from policy_server.notify.errors import (
+from policy_server.delivery.channels.base import build_channel
+from policy_server.delivery.channels.email import EmailChannel, build_message, classify, message_id
+from policy_server.delivery.channels.errors import (
     DeliveryError,
     PermanentDeliveryError,
     TemporaryDeliveryError,
 )
-from policy_server.notify.render import RenderedMessage
+from policy_server.delivery.render import RenderedMessage
+from policy_server.model import Notice, Reason, Recipient
+from policy_server.service import keys
+from policy_server.service.app import create_app
 
 SENDER = "no-reply@mail.example.jp"
 USERNAME = "relay-user"

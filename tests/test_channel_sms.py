@@ -22,18 +22,19 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from support import free_port
 
-from policy_server import __version__, keys
-from policy_server.app import create_app
+from policy_server import __version__
 from policy_server.config import Config, ConfigError, SmsChannelConfig, config_from_mapping
-from policy_server.model import Notice, Reason, Recipient
-from policy_server.notify.channels import build_channel
-from policy_server.notify.errors import (
+from policy_server.delivery.channels.base import build_channel
+from policy_server.delivery.channels.errors import (
     DeliveryError,
     PermanentDeliveryError,
     TemporaryDeliveryError,
 )
-from policy_server.notify.render import RenderedMessage
-from policy_server.notify.sms import SmsChannel, fill
+from policy_server.delivery.channels.sms import SmsChannel, fill
+from policy_server.delivery.render import RenderedMessage
+from policy_server.model import Notice, Reason, Recipient
+from policy_server.service import keys
+from policy_server.service.app import create_app
 from policy_server.store.base import Contact
 
 SHORT = (

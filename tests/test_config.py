@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from policy_server.cli import main
+from policy_server.commands.main import main
 from policy_server.config import (
     CommandChannelConfig,
     Config,

@@ -17,8 +17,6 @@ from aiohttp.test_utils import TestClient
 from support import Sink
 from test_delivery import report
 
-from policy_server import keys
-from policy_server.app import create_app
 from policy_server.config import (
     Config,
     ConfigError,
@@ -26,13 +24,15 @@ from policy_server.config import (
     config_from_mapping,
     parse_quiet_hours,
 )
-from policy_server.delivery_rules import (
+from policy_server.delivery.rules import (
     is_urgent,
     quiet_until,
     resolve_recipient,
     throttled_until,
 )
 from policy_server.model import Reason, Recipient
+from policy_server.service import keys
+from policy_server.service.app import create_app
 from policy_server.store.base import Contact
 
 Client = TestClient[web.Request, web.Application]

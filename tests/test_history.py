@@ -22,19 +22,19 @@ from aiohttp.test_utils import TestClient
 from support import Sink
 from test_delivery import report
 
-from policy_server import keys
-from policy_server.app import create_app
-from policy_server.bootstrap import import_logs
-from policy_server.config import Config
-from policy_server.events import read_events
-from policy_server.history_commands import (
+from policy_server.commands.history import (
     history_export,
     history_forget,
     history_show,
     replay_configs,
 )
+from policy_server.commands.import_log import import_logs
+from policy_server.commands.replay import replay
+from policy_server.config import Config
+from policy_server.events import read_events
 from policy_server.origin.networks import KnownNetworks, NetworksError
-from policy_server.replay import replay
+from policy_server.service import keys
+from policy_server.service.app import create_app
 from policy_server.store import open_store
 from policy_server.store.base import Contact, SuccessfulLogin
 
@@ -374,7 +374,7 @@ def write_config(path: Path, geo: dict[str, Path], store: Path, extra: str = "")
 def test_commands_import_show_export_forget(
     tmp_path: Path, geo_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from policy_server.cli import main
+    from policy_server.commands.main import main
 
     conf = write_config(tmp_path / "c.toml", geo_files, tmp_path / "s.sqlite3")
     zone = ["--log-timezone", "Asia/Tokyo"]
@@ -395,7 +395,7 @@ def test_commands_import_show_export_forget(
 def test_command_replay(
     tmp_path: Path, geo_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from policy_server.cli import main
+    from policy_server.commands.main import main
 
     current = write_config(tmp_path / "current.toml", geo_files, tmp_path / "live.sqlite3")
     candidate = write_config(
@@ -414,7 +414,7 @@ def test_command_replay(
 
 
 def test_check_config_reports_bad_network_lists(tmp_path: Path, geo_files: dict[str, Path]) -> None:
-    from policy_server.cli import main
+    from policy_server.commands.main import main
 
     lists = tmp_path / "n.txt"
     lists.write_text("10.0.0.0/8 trustd\n", encoding="utf-8")

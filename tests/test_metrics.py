@@ -14,9 +14,9 @@ from aiohttp.test_utils import TestClient
 from support import Sink
 from test_delivery import report
 
-from policy_server import keys
-from policy_server.app import create_app
 from policy_server.config import Config
+from policy_server.service import keys
+from policy_server.service.app import create_app
 
 Client = TestClient[web.Request, web.Application]
 

@@ -22,10 +22,10 @@ from aiohttp.test_utils import TestClient
 from support import Sink, free_port
 from test_delivery import report
 
-from policy_server import keys
-from policy_server.app import create_app, reload_templates
 from policy_server.config import Config
 from policy_server.logs import JsonLines
+from policy_server.service import keys
+from policy_server.service.app import create_app, reload_templates
 
 Client = TestClient[web.Request, web.Application]
 ROOT = Path(__file__).resolve().parent.parent

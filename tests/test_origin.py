@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from policy_server.cli import main
+from policy_server.commands.main import main
 from policy_server.config import GeoipConfig
 from policy_server.model import AddressClass
 from policy_server.origin.address import AddressError, classify, parse_address

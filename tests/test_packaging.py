@@ -23,18 +23,18 @@ def test_wheel_contains_command_templates_and_migrations(tmp_path: Path) -> None
     )
     (wheel,) = tmp_path.glob("policy_server-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "policy_server/notify/templates/ja/notice.txt" in names
-    assert "policy_server/notify/templates/en/notice.txt" in names
+    assert "policy_server/delivery/templates/ja/notice.txt" in names
+    assert "policy_server/delivery/templates/en/notice.txt" in names
     assert "policy_server/store/migrations/sqlite/0001_initial.sql" in names
     assert "policy_server/store/migrations/sqlite/0004_breaker_and_controls.sql" in names
     assert "policy_server/store/migrations/postgres/0001_initial.sql" in names
     for language in ("ja", "en"):
         for name in ("notice.txt", "subject.txt", "sms.txt"):
-            assert f"policy_server/notify/templates/{language}/{name}" in names
+            assert f"policy_server/delivery/templates/{language}/{name}" in names
     assert "policy_server/py.typed" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "policy-server = policy_server.cli:main" in text
+    assert "policy-server = policy_server.commands.main:main" in text
 
 
 def test_module_and_console_script_run() -> None:

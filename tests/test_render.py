@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from policy_server.config import MessageConfig
+from policy_server.delivery.render import Renderer, TemplateError, protocol_labels
 from policy_server.model import Notice, Reason, Recipient
-from policy_server.notify.render import Renderer, TemplateError, protocol_labels
 
 HELP_URL = "https://mail.example.jp/help/password"
 
@@ -214,7 +214,7 @@ def test_configured_language_without_template(tmp_path: Path) -> None:
 def test_conf_templates_are_the_shipped_ones() -> None:
     # conf/templates is where admins start overriding; it must not drift from what ships
     root = Path(__file__).resolve().parent.parent
-    shipped = root / "policy_server" / "notify" / "templates"
+    shipped = root / "policy_server" / "delivery" / "templates"
     copies = root / "conf" / "templates"
     names = sorted(p.relative_to(shipped) for p in shipped.rglob("*.txt"))
     assert names == sorted(p.relative_to(copies) for p in copies.rglob("*.txt"))
@@ -292,7 +292,7 @@ def test_unknown_variable_in_an_sms_template_is_refused(tmp_path: Path) -> None:
 
 
 def test_check_config_reports_a_broken_template(tmp_path: Path) -> None:
-    from policy_server.cli import main
+    from policy_server.commands.main import main
 
     write_template(tmp_path / "t", "en", "{{ customer }}\n")
     conf = tmp_path / "c.toml"

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from policy_server.notify.signing import secret_key, sign, verify
+from policy_server.delivery.channels.signing import secret_key, sign, verify
 
 KEY = bytes(range(32))
 WHSEC = "whsec_" + base64.b64encode(KEY).decode()

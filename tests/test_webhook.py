@@ -27,16 +27,16 @@ from standardwebhooks.webhooks import Webhook
 
 from policy_server import __version__
 from policy_server.config import LogChannelConfig, WebhookChannelConfig
-from policy_server.model import Notice, Reason
-from policy_server.notify.channels import Channel, build_channel
-from policy_server.notify.errors import (
+from policy_server.delivery.channels.base import Channel, build_channel
+from policy_server.delivery.channels.errors import (
     DeliveryError,
     PermanentDeliveryError,
     TemporaryDeliveryError,
 )
-from policy_server.notify.logchannel import LogChannel
-from policy_server.notify.render import RenderedMessage
-from policy_server.notify.webhook import MAX_RETRY_AFTER_S, WebhookChannel
+from policy_server.delivery.channels.log import LogChannel
+from policy_server.delivery.channels.webhook import MAX_RETRY_AFTER_S, WebhookChannel
+from policy_server.delivery.render import RenderedMessage
+from policy_server.model import Notice, Reason
 
 TEXT = "【Example Mailへのアクセスのお知らせ】\n■国・地域（推定）\n不明\n"
 MESSAGE = RenderedMessage(subject="subject", body=TEXT, short="short", language="ja")

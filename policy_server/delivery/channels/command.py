@@ -9,11 +9,11 @@ import os
 import signal
 from typing import Any
 
-from ..config import CommandChannelConfig
-from ..model import Notice, Recipient
-from .channels import Channel
+from ...config import CommandChannelConfig
+from ...model import Notice, Recipient
+from ..render import RenderedMessage
+from .base import Channel
 from .errors import PermanentDeliveryError, TemporaryDeliveryError
-from .render import RenderedMessage
 
 EX_TEMPFAIL = 75  # sysexits.h: "try again later", as mail delivery agents use it
 STDERR_CHARS = 300

@@ -7,13 +7,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .accounts import normalize_login
-from .config import Config
-from .events import Event, EventWriter
-from .model import History, LoginEvent, Origin
-from .origin.resolver import OriginResolver
-from .policy import KNOWN, decide
-from .store.base import Decide, Outcome, Store, SuccessfulLogin
+from ..accounts import normalize_login
+from ..config import Config
+from ..events import Event, EventWriter
+from ..model import History, LoginEvent, Origin
+from ..origin.resolver import OriginResolver
+from ..policy import KNOWN, decide
+from ..store.base import Decide, Outcome, Store, SuccessfulLogin
 
 log = logging.getLogger("policy_server.recorder")
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from . import __version__
-from .config import Config, ConfigError, load_config
-from .logs import setup_logging
+from .. import __version__
+from ..config import Config, ConfigError, load_config
+from ..logs import setup_logging
 
 log = logging.getLogger("policy_server")
 
@@ -42,14 +42,14 @@ def _load(path: str | None) -> Config | None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from .app import create_app
+    from ..service.app import create_app
 
     config = _load(args.config)
     if config is None:
         return 1
     setup_logging(args.log_level, config.logging.format)
     if args.workers > 1:
-        from .processes import supervise
+        from ..service.processes import supervise
 
         child = ["serve", "--log-level", args.log_level, "--reuse-port"]
         if args.no_worker:
@@ -78,8 +78,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from .delivery_process import run_worker
-    from .store.base import StoreError
+    from ..delivery.process import run_worker
+    from ..store.base import StoreError
 
     config = _load(args.config)
     if config is None:
@@ -94,8 +94,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from .store import open_store
-    from .store.base import StoreError
+    from ..store import open_store
+    from ..store.base import StoreError
 
     config = _load(args.config)
     if config is None:
@@ -116,7 +116,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _ready(config: Config) -> None:
-    from .systemd import notify
+    from ..service.systemd import notify
 
     notify("READY=1", f"STATUS=answering on {config.server.listen}")
 
@@ -125,8 +125,8 @@ def channel_problems(config: Config) -> list[str]:
     """What would stop a configured channel from working, found without sending anything."""
     import shutil
 
-    from .config import CommandChannelConfig
-    from .notify.channels import build_channel
+    from ..config import CommandChannelConfig
+    from ..delivery.channels.base import build_channel
 
     problems: list[str] = []
     for index, channel in enumerate(config.channels):
@@ -141,7 +141,7 @@ def channel_problems(config: Config) -> list[str]:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from .notify.render import Renderer, TemplateError
+    from ..delivery.render import Renderer, TemplateError
 
     config = _load(args.config)
     if config is None:
@@ -152,7 +152,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     except TemplateError as exc:
         problems.append(f"message: {exc}")
     problems.extend(channel_problems(config))
-    from .origin.networks import KnownNetworks, NetworksError
+    from ..origin.networks import KnownNetworks, NetworksError
 
     try:
         KnownNetworks.load(config.networks)
@@ -171,8 +171,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_lookup(args: argparse.Namespace) -> int:
-    from .origin.address import AddressError
-    from .origin.resolver import OriginResolver
+    from ..origin.address import AddressError
+    from ..origin.resolver import OriginResolver
 
     config = _load(args.config)
     if config is None:
@@ -222,12 +222,12 @@ STATUSES = (
 
 def _run_admin(args: argparse.Namespace) -> int:
     """The operator commands: each opens the store, does one thing, closes it."""
+    from ..delivery.render import TemplateError
+    from ..store import open_store
+    from ..store.base import StoreError
     from . import admin
-    from . import control_commands as control
-    from . import history_commands as history
-    from .notify.render import TemplateError
-    from .store import open_store
-    from .store.base import StoreError
+    from . import control as control
+    from . import history as history
 
     config = _load(args.config)
     if config is None:
@@ -306,8 +306,8 @@ def _log_zone(name: str) -> tzinfo:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from .history_commands import replay_configs
-    from .origin.networks import NetworksError
+    from ..origin.networks import NetworksError
+    from .history import replay_configs
 
     current = _load(args.current)
     candidate = _load(args.candidate)

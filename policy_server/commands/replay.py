@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from .config import Config
-from .events import Event, batches
-from .model import Command, LoginEvent
-from .origin.address import AddressError
-from .origin.networks import KnownNetworks
-from .origin.resolver import OriginResolver
-from .recorder import LoginRecorder
-from .store import open_store
+from ..config import Config
+from ..events import Event, batches
+from ..model import Command, LoginEvent
+from ..origin.address import AddressError
+from ..origin.networks import KnownNetworks
+from ..origin.resolver import OriginResolver
+from ..service.recorder import LoginRecorder
+from ..store import open_store
 
 CHANNEL = "replay"
 

@@ -12,11 +12,11 @@ import contextlib
 import logging
 import signal
 
+from ..config import Config
+from ..store import open_store
 from .breaker import AdminAlerts, Breaker
-from .config import Config
-from .notify.channels import Channel, build_channel
-from .notify.render import Renderer
-from .store import open_store
+from .channels.base import Channel, build_channel
+from .render import Renderer
 from .worker import Worker
 
 log = logging.getLogger("policy_server.worker")

@@ -11,9 +11,9 @@ import zoneinfo
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
-from .config import ChannelConfig, ThrottleRule, parse_quiet_hours
-from .model import Reason, Recipient
-from .store.base import Contact
+from ..config import ChannelConfig, ThrottleRule, parse_quiet_hours
+from ..model import Reason, Recipient
+from ..store.base import Contact
 
 RecipientKind = Literal["email", "phone"] | None
 

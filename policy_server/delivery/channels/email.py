@@ -9,11 +9,11 @@ from email.message import EmailMessage
 
 import aiosmtplib
 
-from ..config import EmailChannelConfig
-from ..model import Notice, Recipient
-from .channels import Channel
+from ...config import EmailChannelConfig
+from ...model import Notice, Recipient
+from ..render import RenderedMessage
+from .base import Channel
 from .errors import DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
-from .render import RenderedMessage
 
 
 def message_id(notice: Notice, sender: str) -> str:

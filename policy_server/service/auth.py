@@ -6,7 +6,7 @@ import base64
 import hmac
 from collections.abc import Mapping
 
-from .config import ServerConfig
+from ..config import ServerConfig
 
 
 def parse_api_header(setting: str) -> tuple[str, str]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from ..config import LogChannelConfig
-from ..model import Notice, Recipient
-from .channels import Channel
-from .render import RenderedMessage
+from ...config import LogChannelConfig
+from ...model import Notice, Recipient
+from ..render import RenderedMessage
+from .base import Channel
 
 logger = logging.getLogger("policy_server.notify")
 

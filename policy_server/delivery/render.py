@@ -200,7 +200,7 @@ class Renderer:
     def __init__(self, config: MessageConfig) -> None:
         self._config = config
         self._tz = ZoneInfo(config.timezone)
-        package_root = importlib.resources.files("policy_server.notify").joinpath("templates")
+        package_root = importlib.resources.files("policy_server.delivery").joinpath("templates")
         loaders: list[jinja2.BaseLoader] = []
         languages = _language_dirs(package_root)
         if config.templates_dir:
@@ -209,7 +209,7 @@ class Renderer:
                 raise TemplateError([f"templates_dir {override} is not a directory"])
             loaders.append(jinja2.FileSystemLoader(override, encoding="utf-8"))
             languages |= _language_dirs(override)
-        loaders.append(jinja2.PackageLoader("policy_server.notify", "templates"))
+        loaders.append(jinja2.PackageLoader("policy_server.delivery", "templates"))
 
         self._languages = {_language_key(lang): lang for lang in sorted(languages)}
         default = self._languages.get(_language_key(config.language))

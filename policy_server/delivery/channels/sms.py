@@ -9,11 +9,11 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from ..config import SmsChannelConfig
-from ..model import Notice, Recipient
+from ...config import SmsChannelConfig
+from ...model import Notice, Recipient
+from ..render import RenderedMessage
 from .errors import PermanentDeliveryError
 from .http import USER_AGENT, HttpChannel, deliver, header_pair
-from .render import RenderedMessage
 
 
 def fill(templates: Mapping[str, str], values: Mapping[str, str]) -> dict[str, str]:

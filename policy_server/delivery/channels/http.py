@@ -11,8 +11,8 @@ from email.utils import parsedate_to_datetime
 import aiohttp
 from yarl import URL
 
-from .. import __version__
-from .channels import Channel
+from ... import __version__
+from .base import Channel
 from .errors import PermanentDeliveryError, TemporaryDeliveryError
 
 USER_AGENT = f"policy-server/{__version__}"

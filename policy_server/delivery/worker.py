@@ -17,17 +17,17 @@ import socket
 import time
 from collections.abc import Mapping
 
+from ..config import ChannelConfig, Config, QueueConfig
+from ..model import Notice
+from ..policy import DAY_S
+from ..service.metrics import Metrics
+from ..store.base import Delivery, DeliveryResult, Store, StoreError
+from ..store.batch import RELEASED
 from .breaker import GEO_HOLD, PAUSE, Breaker
-from .config import ChannelConfig, Config, QueueConfig
-from .delivery_rules import quiet_until, recipient_for, throttled_until, zone
-from .metrics import Metrics
-from .model import Notice
-from .notify.channels import Channel
-from .notify.errors import DeliveryError, TemporaryDeliveryError
-from .notify.render import Renderer
-from .policy import DAY_S
-from .store.base import Delivery, DeliveryResult, Store, StoreError
-from .store.batch import RELEASED
+from .channels.base import Channel
+from .channels.errors import DeliveryError, TemporaryDeliveryError
+from .render import Renderer
+from .rules import quiet_until, recipient_for, throttled_until, zone
 
 log = logging.getLogger("policy_server.worker")
 

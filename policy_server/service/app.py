@@ -12,25 +12,25 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from ..config import Config
+from ..delivery.breaker import AdminAlerts, Breaker
+from ..delivery.channels.base import Channel, build_channel
+from ..delivery.geo_guard import check_geo_change
+from ..delivery.render import Renderer, TemplateError
+from ..delivery.worker import Worker
+from ..events import EventWriter
+from ..model import Origin
+from ..origin.networks import KnownNetworks, NetworksError
+from ..origin.resolver import OriginResolver
+from ..store import open_store
+from ..store.base import StoreError
 from . import keys
 from .auth import Authenticator
-from .breaker import AdminAlerts, Breaker
-from .config import Config
-from .events import EventWriter
-from .geo_guard import check_geo_change
 from .handlers import timed_endpoint
 from .metrics import Metrics, monitoring_app, monitoring_listener
-from .model import Origin
-from .notify.channels import Channel, build_channel
-from .notify.render import Renderer, TemplateError
-from .origin.networks import KnownNetworks, NetworksError
-from .origin.resolver import OriginResolver
 from .recorder import LoginRecorder
 from .stats import Stats
-from .store import open_store
-from .store.base import StoreError
 from .systemd import monotonic_usec, notify
-from .worker import Worker
 
 log = logging.getLogger("policy_server.app")
 

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .config import BreakerConfig, ChannelConfig
-from .delivery_rules import recipient_for
-from .model import Notice
-from .notify.channels import Channel
-from .notify.errors import DeliveryError
-from .notify.render import RenderedMessage
-from .store.base import NoticeRates, Store
+from ..config import BreakerConfig, ChannelConfig
+from ..model import Notice
+from ..store.base import NoticeRates, Store
+from .channels.base import Channel
+from .channels.errors import DeliveryError
+from .render import RenderedMessage
+from .rules import recipient_for
 
 log = logging.getLogger("policy_server.breaker")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from typing import TYPE_CHECKING, Literal
 
-from ..config import (
+from ...config import (
     ChannelConfig,
     CommandChannelConfig,
     EmailChannelConfig,
@@ -13,10 +13,10 @@ from ..config import (
     SmsChannelConfig,
     WebhookChannelConfig,
 )
-from ..model import Notice, Recipient
+from ...model import Notice, Recipient
 
 if TYPE_CHECKING:
-    from .render import RenderedMessage
+    from ..render import RenderedMessage
 
 RecipientKind = Literal["email", "phone"] | None
 
@@ -26,7 +26,7 @@ class Channel(abc.ABC):
 
     The worker calls ``open`` once before the first ``send`` and ``close`` once at shutdown, so
     that connection pools live as long as the worker. ``send`` reports failure only by raising a
-    :class:`~policy_server.notify.errors.DeliveryError` subclass.
+    :class:`~policy_server.delivery.channels.errors.DeliveryError` subclass.
     """
 
     name: str
@@ -58,7 +58,7 @@ def build_channel(config: ChannelConfig) -> Channel:
 
         return WebhookChannel(config)
     if isinstance(config, LogChannelConfig):
-        from .logchannel import LogChannel
+        from .log import LogChannel
 
         return LogChannel(config)
     if isinstance(config, EmailChannelConfig):

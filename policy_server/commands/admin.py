@@ -13,15 +13,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from .accounts import normalize_login
-from .config import Config
-from .delivery_rules import looks_like, recipient_for, resolve_recipient
-from .model import AddressClass, Notice, Reason
-from .notify.channels import build_channel
-from .notify.errors import DeliveryError
-from .notify.render import Renderer
-from .store import open_store
-from .store.base import Contact, Store
+from ..accounts import normalize_login
+from ..config import Config
+from ..delivery.channels.base import build_channel
+from ..delivery.channels.errors import DeliveryError
+from ..delivery.render import Renderer
+from ..delivery.rules import looks_like, recipient_for, resolve_recipient
+from ..model import AddressClass, Notice, Reason
+from ..store import open_store
+from ..store.base import Contact, Store
 
 CONTACT_COLUMNS = ("login", "email", "phone", "language", "timezone")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")

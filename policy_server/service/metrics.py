@@ -17,8 +17,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from .config import MetricsConfig, parse_listen
-from .store.base import Store
+from ..config import MetricsConfig, parse_listen
+from ..store.base import Store
 
 log = logging.getLogger("policy_server.metrics")
 

@@ -10,12 +10,12 @@ import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from .accounts import normalize_login
-from .breaker import BREAKER, GEO_HOLD, PAUSE
-from .config import Config
-from .geo_guard import GEO_FILES, fingerprint
-from .store import open_store
-from .store.base import HeldFilter, Store
+from ..accounts import normalize_login
+from ..config import Config
+from ..delivery.breaker import BREAKER, GEO_HOLD, PAUSE
+from ..delivery.geo_guard import GEO_FILES, fingerprint
+from ..store import open_store
+from ..store.base import HeldFilter, Store
 
 
 def operator() -> str:

@@ -11,10 +11,10 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from ..config import WebhookChannelConfig
-from ..model import Notice, Recipient
+from ...config import WebhookChannelConfig
+from ...model import Notice, Recipient
+from ..render import RenderedMessage
 from .http import MAX_RETRY_AFTER_S, USER_AGENT, HttpChannel, deliver, parse_retry_after
-from .render import RenderedMessage
 from .signing import secret_key, sign
 
 __all__ = ["MAX_RETRY_AFTER_S", "WebhookChannel", "parse_retry_after"]

@@ -14,12 +14,12 @@ import time
 
 from aiohttp import web
 
+from ..logs import RateLimitedLog
+from ..model import Command
+from ..protocol import ALLOW_ANSWER, REPORT_ANSWER, ProtocolError, parse_request
+from ..store.base import Outcome
 from . import keys
-from .logs import RateLimitedLog
-from .model import Command
-from .protocol import ALLOW_ANSWER, REPORT_ANSWER, ProtocolError, parse_request
 from .stats import Stats
-from .store.base import Outcome
 
 log = logging.getLogger("policy_server.http")
 _limited = RateLimitedLog(log)

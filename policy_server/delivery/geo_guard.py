@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import GeoGuardConfig, GeoipConfig
+from ..origin.resolver import OriginResolver
+from ..store.base import Store
 from .breaker import GEO_HOLD, AdminAlerts
-from .config import GeoGuardConfig, GeoipConfig
-from .origin.resolver import OriginResolver
-from .store.base import Store
 
 log = logging.getLogger("policy_server.geo_guard")
 

@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from datetime import tzinfo
 from pathlib import Path
 
-from .accounts import normalize_login
-from .config import Config
-from .events import Event, ReadStats, batches, read_events
-from .origin.address import AddressError
-from .origin.resolver import OriginResolver
-from .policy import KNOWN
-from .store import open_store
-from .store.base import Store, SuccessfulLogin
+from ..accounts import normalize_login
+from ..config import Config
+from ..events import Event, ReadStats, batches, read_events
+from ..origin.address import AddressError
+from ..origin.resolver import OriginResolver
+from ..policy import KNOWN
+from ..store import open_store
+from ..store.base import Store, SuccessfulLogin
 
 
 @dataclass

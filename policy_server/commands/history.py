@@ -8,14 +8,14 @@ from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any, TextIO
 
-from .accounts import normalize_login
-from .bootstrap import import_logs
-from .config import Config
-from .events import ReadStats, read_events
-from .model import History, KnownOrigin
-from .policy import live_origins
+from ..accounts import normalize_login
+from ..config import Config
+from ..events import ReadStats, read_events
+from ..model import History, KnownOrigin
+from ..policy import live_origins
+from ..store import open_store
+from .import_log import import_logs
 from .replay import ReplayResult, format_side_by_side, replay
-from .store import open_store
 
 
 def _iso(value: float | None) -> str | None:

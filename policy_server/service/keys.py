@@ -6,17 +6,17 @@ import asyncio
 
 from aiohttp import web
 
+from ..config import Config
+from ..delivery.breaker import AdminAlerts
+from ..delivery.channels.base import Channel
+from ..delivery.render import Renderer
+from ..delivery.worker import Worker
+from ..origin.resolver import OriginResolver
+from ..store.base import Store
 from .auth import Authenticator
-from .breaker import AdminAlerts
-from .config import Config
 from .metrics import Metrics
-from .notify.channels import Channel
-from .notify.render import Renderer
-from .origin.resolver import OriginResolver
 from .recorder import LoginRecorder
 from .stats import Stats
-from .store.base import Store
-from .worker import Worker
 
 CONFIG = web.AppKey("config", Config)
 STATS = web.AppKey("stats", Stats)

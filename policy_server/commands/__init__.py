@@ -1,0 +1,1 @@
+"""The ``policy-server`` command: one module per command group."""
