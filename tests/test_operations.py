@@ -25,7 +25,7 @@ from test_delivery import report
 from policy_server.config import Config
 from policy_server.logs import JsonLines
 from policy_server.service import keys
-from policy_server.service.app import create_app, reload_templates
+from policy_server.service.app import create_app, reload, reload_templates
 
 Client = TestClient[web.Request, web.Application]
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,3 +166,20 @@ def test_json_log_lines() -> None:
             record.exc_info = sys.exc_info()
             assert "ZeroDivisionError" in json.loads(formatter.format(record))["exception"]
             raise
+
+
+async def test_sighup_reopens_the_events_file_after_logrotate(
+    aiohttp_client: Any, make_config: Callable[..., Config], sink: Sink, tmp_path: Path
+) -> None:
+    events = tmp_path / "events.jsonl"
+    config = make_config(
+        privacy={"events_path": str(events)}, channels=[{"type": "webhook", "url": sink.url}]
+    )
+    client: Client = await aiohttp_client(create_app(config))
+    await client.post("/?command=report", data=report(login="a"))
+    rotated = tmp_path / "events.jsonl.1"
+    events.rename(rotated)  # what logrotate does before it sends SIGHUP
+    reload(client.app)
+    await client.post("/?command=report", data=report(login="b"))
+    assert [json.loads(line)["login"] for line in rotated.read_text().splitlines()] == ["a"]
+    assert [json.loads(line)["login"] for line in events.read_text().splitlines()] == ["b"]

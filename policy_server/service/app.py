@@ -65,6 +65,7 @@ def reload(app: web.Application) -> None:
     notify("RELOADING=1", monotonic_usec())
     reload_networks(app)
     reload_templates(app)
+    reopen_events(app)
     task = asyncio.get_running_loop().create_task(reload_geo(app), name="reload-geo")
     _reloads.add(task)
     task.add_done_callback(_reloads.discard)
@@ -83,6 +84,10 @@ def reload_templates(app: web.Application) -> bool:
         worker.use_renderer(renderer)
     log.info("templates reloaded: %s", ", ".join(renderer.languages))
     return True
+
+
+def reopen_events(app: web.Application) -> None:
+    """Close the events file, so that the next report opens it again (after logrotate)."""
     recorder = app.get(keys.RECORDER)
     if recorder is not None and recorder.events is not None:
         recorder.events.close()
