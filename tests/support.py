@@ -1,15 +1,22 @@
-"""Helpers shared by tests: a recording webhook sink, free ports, captured Dovecot requests."""
+"""Helpers shared by tests: a recording webhook sink, scripted HTTP peers, a sample notice, free
+ports, captured Dovecot requests."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from policy_server.model import Notice, Reason
 
 DATA = Path(__file__).parent / "data"
 
@@ -67,3 +74,84 @@ def captures() -> list[dict[str, Any]]:
     """Requests captured from a real Dovecot 2.3.19.1 (tests/data/dovecot-captures.jsonl)."""
     path = DATA / "dovecot-captures.jsonl"
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def make_notice(**changes: Any) -> Notice:
+    """A notice as the channels and templates see it; ``changes`` override single fields."""
+    base = Notice(
+        id="01J8Z3K6Q2W4E5R6T7Y8U9I0OP",
+        account="taro@example.jp",
+        login="Taro@example.jp",
+        reasons=(Reason.NEW_COUNTRY, Reason.NEW_PROVIDER),
+        protocol="imap",
+        remote="198.51.100.20",
+        time=datetime(2020, 3, 10, 20, 12, 44, tzinfo=UTC),
+        country="US",
+        asn=64510,
+        as_org="Example Hosting US",
+        prefix="198.51.100.0/24",
+    )
+    return dataclasses.replace(base, **changes)
+
+
+@dataclass
+class Request:
+    """One request a scripted peer received."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class ScriptedPeer:
+    """An HTTP peer (webhook receiver, SMS gateway) that records every request and answers a
+    scripted sequence of responses, then ``default`` ones."""
+
+    server: TestServer
+    path: str
+    default: Callable[[], web.StreamResponse]
+    requests: list[Request] = field(default_factory=list)
+    script: list[web.StreamResponse] = field(default_factory=list)
+
+    def url(self, path: str | None = None) -> str:
+        return str(self.server.make_url(path or self.path))
+
+    def answer(self, status: int, *, body: str = "", headers: dict[str, str] | None = None) -> None:
+        self.script.append(web.Response(status=status, text=body, headers=headers))
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(
+            Request(
+                request.method,
+                request.path,
+                dict(request.query),
+                dict(request.headers),
+                await request.read(),
+            )
+        )
+        return self.script.pop(0) if self.script else self.default()
+
+
+async def scripted_peer(
+    aiohttp_server: Callable[[web.Application], Awaitable[TestServer]],
+    path: str,
+    default: Callable[[], web.StreamResponse],
+    app: web.Application | None = None,
+    also: tuple[str, ...] = (),
+) -> ScriptedPeer:
+    """Start a scripted peer answering any method on ``path`` and the ``also`` paths (other
+    routes may be on ``app``)."""
+    app = app if app is not None else web.Application()
+    state: dict[str, ScriptedPeer] = {}
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await state["peer"].handle(request)
+
+    for route in (path, *also):
+        app.router.add_route("*", route, handle)
+    server = await aiohttp_server(app)
+    state["peer"] = ScriptedPeer(server, path, default)
+    return state["peer"]

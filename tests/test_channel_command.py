@@ -12,18 +12,18 @@ import stat
 import sys
 import time
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import make_notice
 
 from policy_server.config import CommandChannelConfig
 from policy_server.delivery.channels.base import build_channel
 from policy_server.delivery.channels.command import STDERR_CHARS, CommandChannel
 from policy_server.delivery.channels.errors import PermanentDeliveryError, TemporaryDeliveryError
 from policy_server.delivery.render import RenderedMessage
-from policy_server.model import Notice, Reason, Recipient
+from policy_server.model import Notice, Recipient
 
 BODY = "【Example Mailへのアクセスのお知らせ】\n■国・地域（推定）\nアメリカ合衆国\n"
 MESSAGE = RenderedMessage(
@@ -58,20 +58,7 @@ time.sleep(30)
 
 @pytest.fixture
 def notice() -> Notice:
-    return Notice(
-        id="01J8Z3K6Q2W4E5R6T7Y8U9I0OP",
-        account="taro@example.jp",
-        login="Taro@example.jp",
-        reasons=(Reason.NEW_COUNTRY, Reason.NEW_PROVIDER),
-        protocol="imap",
-        remote="::ffff:198.51.100.20",
-        time=datetime(2020, 3, 10, 20, 12, 44, tzinfo=UTC),
-        country="US",
-        asn=64510,
-        as_org="Example Hosting US",
-        prefix="198.51.100.0/24",
-        protocols=("imap", "submission"),
-    )
+    return make_notice(remote="::ffff:198.51.100.20", protocols=("imap", "submission"))
 
 
 def channel_for(*command: str, **settings: Any) -> CommandChannel:

@@ -27,7 +27,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
-from support import free_port
+from support import free_port, make_notice
 
 from policy_server.config import Config, EmailChannelConfig
 from policy_server.delivery.channels.base import build_channel
@@ -38,7 +38,7 @@ from policy_server.delivery.channels.errors import (
     TemporaryDeliveryError,
 )
 from policy_server.delivery.render import RenderedMessage
-from policy_server.model import Notice, Reason, Recipient
+from policy_server.model import Notice, Recipient
 from policy_server.service import keys
 from policy_server.service.app import create_app
 
@@ -178,19 +178,7 @@ def relay() -> Iterator[Relay]:
 
 @pytest.fixture
 def notice() -> Notice:
-    return Notice(
-        id="01J8Z3K6Q2W4E5R6T7Y8U9I0OP",
-        account="taro@example.jp",
-        login="Taro@example.jp",
-        reasons=(Reason.NEW_COUNTRY, Reason.NEW_PROVIDER),
-        protocol="imap",
-        remote="198.51.100.20",
-        time=datetime(2020, 3, 10, 20, 12, 44, tzinfo=UTC),
-        country="US",
-        asn=64510,
-        as_org="Example Hosting US",
-        prefix="198.51.100.0/24",
-    )
+    return make_notice()
 
 
 def channel_for(port: int, **settings: Any) -> EmailChannel:

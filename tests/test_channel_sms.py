@@ -13,14 +13,12 @@ import sqlite3
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from support import free_port
+from support import ScriptedPeer, free_port, make_notice, scripted_peer
 
 from policy_server import __version__
 from policy_server.config import Config, ConfigError, SmsChannelConfig, config_from_mapping
@@ -32,7 +30,7 @@ from policy_server.delivery.channels.errors import (
 )
 from policy_server.delivery.channels.sms import SmsChannel, fill
 from policy_server.delivery.render import RenderedMessage
-from policy_server.model import Notice, Reason, Recipient
+from policy_server.model import Notice, Recipient
 from policy_server.service import keys
 from policy_server.service.app import create_app
 from policy_server.store.base import Contact
@@ -50,71 +48,17 @@ AiohttpServer = Callable[[web.Application], Awaitable[TestServer]]
 Client = TestClient[web.Request, web.Application]
 
 
-@dataclass
-class Call:
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Gateway:
-    """An SMS gateway that records each call and answers a scripted sequence of responses."""
-
-    server: TestServer
-    calls: list[Call] = field(default_factory=list)
-    script: list[web.Response] = field(default_factory=list)
-
-    def url(self, path: str = "/send") -> str:
-        return str(self.server.make_url(path))
-
-    def answer(self, status: int, *, body: str = "", headers: dict[str, str] | None = None) -> None:
-        self.script.append(web.Response(status=status, text=body, headers=headers))
-
-
 @pytest.fixture
-async def gateway(aiohttp_server: AiohttpServer) -> Gateway:
-    app = web.Application()
-    state: dict[str, Gateway] = {}
-
-    async def send(request: web.Request) -> web.StreamResponse:
-        current = state["gateway"]
-        current.calls.append(
-            Call(
-                request.method,
-                request.path,
-                dict(request.query),
-                dict(request.headers),
-                await request.read(),
-            )
-        )
-        if current.script:
-            return current.script.pop(0)
-        return web.json_response({"status": "accepted"}, status=202)
-
-    app.router.add_route("*", "/send", send)
-    server = await aiohttp_server(app)
-    state["gateway"] = Gateway(server)
-    return state["gateway"]
+async def gateway(aiohttp_server: AiohttpServer) -> ScriptedPeer:
+    """An SMS gateway on /send that accepts (202) unless scripted otherwise."""
+    return await scripted_peer(
+        aiohttp_server, "/send", lambda: web.json_response({"status": "accepted"}, status=202)
+    )
 
 
 @pytest.fixture
 def notice() -> Notice:
-    return Notice(
-        id="01J8Z3K6Q2W4E5R6T7Y8U9I0OP",
-        account="taro@example.jp",
-        login="Taro@example.jp",
-        reasons=(Reason.NEW_COUNTRY, Reason.NEW_PROVIDER),
-        protocol="imap",
-        remote="198.51.100.20",
-        time=datetime(2020, 3, 10, 20, 12, 44, tzinfo=UTC),
-        country="US",
-        asn=64510,
-        as_org="Example Hosting US",
-        prefix="198.51.100.0/24",
-    )
+    return make_notice()
 
 
 @pytest.fixture
@@ -145,11 +89,11 @@ async def send_expecting(
 # -- the request --------------------------------------------------------------------------
 
 
-async def test_default_json_body(gateway: Gateway, make_channel: Any, notice: Notice) -> None:
+async def test_default_json_body(gateway: ScriptedPeer, make_channel: Any, notice: Notice) -> None:
     channel = await make_channel(gateway.url())
     await channel.send(notice, MESSAGE, OWNER)
 
-    [call] = gateway.calls
+    [call] = gateway.requests
     assert call.method == "POST"
     assert call.headers["Content-Type"] == "application/json"
     assert call.headers["User-Agent"] == f"policy-server/{__version__}"
@@ -159,7 +103,7 @@ async def test_default_json_body(gateway: Gateway, make_channel: Any, notice: No
 
 
 async def test_json_body_from_every_placeholder(
-    gateway: Gateway, make_channel: Any, notice: Notice
+    gateway: ScriptedPeer, make_channel: Any, notice: Notice
 ) -> None:
     body = {
         "destination": "{phone}",
@@ -171,7 +115,7 @@ async def test_json_body_from_every_placeholder(
     channel = await make_channel(gateway.url(), body=body, method="PUT")
     await channel.send(notice, MESSAGE, OWNER)
 
-    [call] = gateway.calls
+    [call] = gateway.requests
     assert call.method == "PUT"
     assert json.loads(call.body) == {
         "destination": PHONE,
@@ -182,7 +126,7 @@ async def test_json_body_from_every_placeholder(
     }
 
 
-async def test_form_body(gateway: Gateway, make_channel: Any, notice: Notice) -> None:
+async def test_form_body(gateway: ScriptedPeer, make_channel: Any, notice: Notice) -> None:
     tricky = RenderedMessage("s", "b", " 100% sure? a&b=c+d 日本 ", "ja")
     channel = await make_channel(
         gateway.url(), body_format="form", body={"to": "{phone}", "msg": "{text}", "ref": "{id}"}
@@ -190,7 +134,7 @@ async def test_form_body(gateway: Gateway, make_channel: Any, notice: Notice) ->
     await channel.send(notice, MESSAGE, OWNER)
     await channel.send(notice, tricky, OWNER)
 
-    first, second = gateway.calls
+    first, second = gateway.requests
     assert first.headers["Content-Type"] == "application/x-www-form-urlencoded"
     assert first.body.isascii()
     assert urllib.parse.parse_qs(first.body.decode("ascii"), strict_parsing=True) == {
@@ -205,14 +149,14 @@ async def test_form_body(gateway: Gateway, make_channel: Any, notice: Notice) ->
 
 
 async def test_get_sends_the_fields_as_query(
-    gateway: Gateway, make_channel: Any, notice: Notice
+    gateway: ScriptedPeer, make_channel: Any, notice: Notice
 ) -> None:
     channel = await make_channel(
         gateway.url(), method="GET", body={"to": "{phone}", "text": "{text}", "user": "{login}"}
     )
     await channel.send(notice, MESSAGE, OWNER)
 
-    [call] = gateway.calls
+    [call] = gateway.requests
     assert call.method == "GET"
     assert call.body == b""
     assert call.query == {"to": PHONE, "text": SHORT.strip(), "user": "Taro@example.jp"}
@@ -228,38 +172,43 @@ async def test_get_sends_the_fields_as_query(
     ],
 )
 async def test_auth_header_is_sent(
-    gateway: Gateway, make_channel: Any, notice: Notice, auth_header: str, name: str, value: str
+    gateway: ScriptedPeer,
+    make_channel: Any,
+    notice: Notice,
+    auth_header: str,
+    name: str,
+    value: str,
 ) -> None:
     channel = await make_channel(
         gateway.url(), auth_header=auth_header, headers={"X-Tenant": "example"}
     )
     await channel.send(notice, MESSAGE, OWNER)
-    [call] = gateway.calls
+    [call] = gateway.requests
     assert call.headers[name] == value
     assert call.headers["X-Tenant"] == "example"
 
 
 async def test_configured_headers_cannot_change_the_body_type(
-    gateway: Gateway, make_channel: Any, notice: Notice
+    gateway: ScriptedPeer, make_channel: Any, notice: Notice
 ) -> None:
     channel = await make_channel(gateway.url(), headers={"content-type": "text/plain"})
     await channel.send(notice, MESSAGE, OWNER)
-    [call] = gateway.calls
+    [call] = gateway.requests
     assert call.headers["Content-Type"] == "application/json"
     assert json.loads(call.body)["to"] == PHONE
 
 
 @pytest.mark.parametrize("recipient", [None, Recipient("", "ja", None)])
 async def test_no_phone_is_permanent_and_calls_nothing(
-    gateway: Gateway, make_channel: Any, notice: Notice, recipient: Recipient | None
+    gateway: ScriptedPeer, make_channel: Any, notice: Notice, recipient: Recipient | None
 ) -> None:
     channel = await make_channel(gateway.url())
     with pytest.raises(PermanentDeliveryError, match="sms sms: no phone number"):
         await channel.send(notice, MESSAGE, recipient)
-    assert gateway.calls == []
+    assert gateway.requests == []
 
 
-async def test_send_opens_a_session_if_needed(gateway: Gateway, notice: Notice) -> None:
+async def test_send_opens_a_session_if_needed(gateway: ScriptedPeer, notice: Notice) -> None:
     channel = build_channel(SmsChannelConfig(type="sms", url=gateway.url(), quiet_hours=""))
     assert channel.name == "sms"
     assert channel.recipient_kind == "phone"
@@ -268,7 +217,7 @@ async def test_send_opens_a_session_if_needed(gateway: Gateway, notice: Notice) 
     finally:
         await channel.close()
         await channel.close()
-    assert len(gateway.calls) == 1
+    assert len(gateway.requests) == 1
 
 
 # -- the answer ---------------------------------------------------------------------------
@@ -276,17 +225,17 @@ async def test_send_opens_a_session_if_needed(gateway: Gateway, notice: Notice) 
 
 @pytest.mark.parametrize("status", [200, 201, 202, 204])
 async def test_2xx_is_delivered(
-    gateway: Gateway, make_channel: Any, notice: Notice, status: int
+    gateway: ScriptedPeer, make_channel: Any, notice: Notice, status: int
 ) -> None:
     gateway.answer(status)
     channel = await make_channel(gateway.url())
     await channel.send(notice, MESSAGE, OWNER)
-    assert len(gateway.calls) == 1
+    assert len(gateway.requests) == 1
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 429])
 async def test_temporary_statuses(
-    gateway: Gateway, make_channel: Any, notice: Notice, status: int
+    gateway: ScriptedPeer, make_channel: Any, notice: Notice, status: int
 ) -> None:
     gateway.answer(status, body="gateway overloaded")
     channel = await make_channel(gateway.url())
@@ -299,7 +248,7 @@ async def test_temporary_statuses(
 
 @pytest.mark.parametrize("status", [429, 503])
 async def test_retry_after_is_honoured(
-    gateway: Gateway, make_channel: Any, notice: Notice, status: int
+    gateway: ScriptedPeer, make_channel: Any, notice: Notice, status: int
 ) -> None:
     gateway.answer(status, headers={"Retry-After": "42"})
     channel = await make_channel(gateway.url())
@@ -309,7 +258,7 @@ async def test_retry_after_is_honoured(
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404])
 async def test_permanent_statuses(
-    gateway: Gateway, make_channel: Any, notice: Notice, status: int
+    gateway: ScriptedPeer, make_channel: Any, notice: Notice, status: int
 ) -> None:
     gateway.answer(status, body="invalid destination number")
     channel = await make_channel(gateway.url())
@@ -320,7 +269,7 @@ async def test_permanent_statuses(
 
 
 async def test_auth_header_never_in_error_text(
-    gateway: Gateway, make_channel: Any, notice: Notice
+    gateway: ScriptedPeer, make_channel: Any, notice: Notice
 ) -> None:
     gateway.answer(401, body=f"token Bearer {TOKEN} is not valid")
     gateway.answer(500, body=f"internal error handling Bearer {TOKEN}")
@@ -349,13 +298,13 @@ async def test_connection_refused_is_temporary(
 
 
 async def test_credentials_in_the_url_are_sent_and_hidden(
-    gateway: Gateway, make_channel: Any, notice: Notice
+    gateway: ScriptedPeer, make_channel: Any, notice: Notice
 ) -> None:
     url = gateway.url().replace("http://", "http://gw-user:gw-pass-77@")
     gateway.answer(403, body="password gw-pass-77 has expired")
     channel = await make_channel(url)
     error = await send_expecting(channel, notice, PermanentDeliveryError)
-    [call] = gateway.calls
+    [call] = gateway.requests
     expected = base64.b64encode(b"gw-user:gw-pass-77").decode()
     assert call.headers["Authorization"] == f"Basic {expected}"
     assert "gw-pass-77" not in str(error)
@@ -458,7 +407,7 @@ def deliveries(client: Client) -> dict[str, tuple[Any, ...]]:
 
 
 async def test_account_without_phone_is_undeliverable_and_one_with_gets_the_sms(
-    gateway: Gateway, aiohttp_client: Any, make_config: Callable[..., Config]
+    gateway: ScriptedPeer, aiohttp_client: Any, make_config: Callable[..., Config]
 ) -> None:
     channel = {
         "type": "sms",
@@ -495,7 +444,7 @@ async def test_account_without_phone_is_undeliverable_and_one_with_gets_the_sms(
 
     await asyncio.sleep(0.2)  # several poll intervals: nothing is tried again
     assert deliveries(client) == rows
-    [call] = gateway.calls
+    [call] = gateway.requests
     sms = json.loads(call.body)
     assert sms["to"] == PHONE
     # rendered in the contact's language and time zone

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from support import make_notice
 
 from policy_server.config import MessageConfig
 from policy_server.delivery.render import Renderer, TemplateError, protocol_labels
@@ -20,14 +21,11 @@ HELP_URL = "https://mail.example.jp/help/password"
 
 @pytest.fixture
 def notice() -> Notice:
-    return Notice(
+    return make_notice(
         id="n-1",
-        account="taro@example.jp",
         login="taro@example.jp",
         reasons=(Reason.NEW_COUNTRY,),
-        protocol="imap",
         remote="203.0.113.7",
-        time=datetime(2020, 3, 10, 20, 12, 44, tzinfo=UTC),
         country="JP",
         asn=64500,
         as_org="Example Networks",

@@ -15,7 +15,7 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
@@ -24,6 +24,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from standardwebhooks.webhooks import Webhook
+from support import ScriptedPeer, make_notice, scripted_peer
 
 from policy_server import __version__
 from policy_server.config import LogChannelConfig, WebhookChannelConfig
@@ -36,7 +37,7 @@ from policy_server.delivery.channels.errors import (
 from policy_server.delivery.channels.log import LogChannel
 from policy_server.delivery.channels.webhook import MAX_RETRY_AFTER_S, WebhookChannel
 from policy_server.delivery.render import RenderedMessage
-from policy_server.model import Notice, Reason
+from policy_server.model import Notice
 
 TEXT = "【Example Mailへのアクセスのお知らせ】\n■国・地域（推定）\n不明\n"
 MESSAGE = RenderedMessage(subject="subject", body=TEXT, short="short", language="ja")
@@ -46,73 +47,32 @@ PLAIN_SECRET = "correct horse battery staple"
 AiohttpServer = Callable[[web.Application], Awaitable[TestServer]]
 
 
-@dataclass
-class Recorded:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Sink:
-    """A webhook receiver that records requests and answers a scripted sequence of responses."""
-
-    server: TestServer
-    requests: list[Recorded] = field(default_factory=list)
-    script: list[web.Response] = field(default_factory=list)
-    redirected_hits: int = 0
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def url(self, path: str = "/notify") -> str:
-        return str(self.server.make_url(path))
-
-    def answer(self, status: int, *, body: str = "", headers: dict[str, str] | None = None) -> None:
-        self.script.append(web.Response(status=status, text=body, headers=headers))
-
-
 @pytest.fixture
-async def sink(aiohttp_server: AiohttpServer) -> AsyncIterator[Sink]:
+async def sink(aiohttp_server: AiohttpServer) -> AsyncIterator[ScriptedPeer]:
+    """A webhook receiver on /notify (204 by default) that also records /elsewhere (a redirect
+    target that must never be reached), and a /slow one held until teardown."""
     app = web.Application()
-    state: dict[str, Sink] = {}
-
-    async def notify(request: web.Request) -> web.StreamResponse:
-        current = state["sink"]
-        current.requests.append(Recorded(request.path, dict(request.headers), await request.read()))
-        if current.script:
-            return current.script.pop(0)
-        return web.Response(status=204)
+    release = asyncio.Event()
 
     async def slow(request: web.Request) -> web.StreamResponse:
         await request.read()
         # woken at teardown so that the server does not wait for this handler when closing
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(state["sink"].release.wait(), 10)
+            await asyncio.wait_for(release.wait(), 10)
         return web.Response(status=204)
 
-    async def elsewhere(request: web.Request) -> web.StreamResponse:
-        state["sink"].redirected_hits += 1
-        return web.Response(status=200)
-
-    app.router.add_post("/notify", notify)
     app.router.add_post("/slow", slow)
-    app.router.add_route("*", "/elsewhere", elsewhere)
-    server = await aiohttp_server(app)
-    state["sink"] = Sink(server)
-    yield state["sink"]
-    state["sink"].release.set()
+    peer = await scripted_peer(
+        aiohttp_server, "/notify", lambda: web.Response(status=204), app, also=("/elsewhere",)
+    )
+    yield peer
+    release.set()
 
 
 @pytest.fixture
 def notice() -> Notice:
-    return Notice(
-        id="01J8Z3K6Q2W4E5R6T7Y8U9I0OP",
-        account="taro@example.jp",
-        login="Taro@example.jp",
-        reasons=(Reason.NEW_COUNTRY, Reason.NEW_PROVIDER),
-        protocol="imap",
+    return make_notice(
         remote="::ffff:203.0.113.7",
-        time=datetime(2020, 3, 10, 20, 12, 44, tzinfo=UTC),
-        country="US",
         asn=64500,
         as_org="Example Networks, Inc.",
         prefix="203.0.113.0/24",
@@ -145,7 +105,9 @@ async def send_expecting(
     return info.value
 
 
-async def test_payload_is_the_contract(sink: Sink, make_channel: Any, notice: Notice) -> None:
+async def test_payload_is_the_contract(
+    sink: ScriptedPeer, make_channel: Any, notice: Notice
+) -> None:
     channel = await make_channel(sink.url(), headers={"Authorization": "Bearer t0ken"})
     await channel.send(notice, MESSAGE)
 
@@ -172,7 +134,7 @@ async def test_payload_is_the_contract(sink: Sink, make_channel: Any, notice: No
 
 
 async def test_unknown_origin_is_sent_as_nulls(
-    sink: Sink, make_channel: Any, notice: Notice
+    sink: ScriptedPeer, make_channel: Any, notice: Notice
 ) -> None:
     channel = await make_channel(sink.url())
     await channel.send(replace(notice, country=None, asn=None, as_org=None), MESSAGE)
@@ -183,7 +145,7 @@ async def test_unknown_origin_is_sent_as_nulls(
 
 
 async def test_configured_headers_cannot_break_framing(
-    sink: Sink, make_channel: Any, notice: Notice
+    sink: ScriptedPeer, make_channel: Any, notice: Notice
 ) -> None:
     channel = await make_channel(
         sink.url(),
@@ -197,7 +159,7 @@ async def test_configured_headers_cannot_break_framing(
 
 
 async def test_signature_verifies_with_standardwebhooks(
-    sink: Sink, make_channel: Any, notice: Notice
+    sink: ScriptedPeer, make_channel: Any, notice: Notice
 ) -> None:
     channel = await make_channel(sink.url(), secret=WHSEC)
     await channel.send(notice, MESSAGE)
@@ -213,7 +175,7 @@ async def test_signature_verifies_with_standardwebhooks(
 
 
 async def test_plain_secret_signature_is_hmac_of_exact_body(
-    sink: Sink, make_channel: Any, notice: Notice
+    sink: ScriptedPeer, make_channel: Any, notice: Notice
 ) -> None:
     channel = await make_channel(sink.url(), secret=PLAIN_SECRET)
     await channel.send(notice, MESSAGE)
@@ -229,7 +191,7 @@ async def test_plain_secret_signature_is_hmac_of_exact_body(
 
 @pytest.mark.parametrize("status", [500, 502, 408])
 async def test_temporary_statuses(
-    sink: Sink, make_channel: Any, notice: Notice, status: int
+    sink: ScriptedPeer, make_channel: Any, notice: Notice, status: int
 ) -> None:
     sink.answer(status, body="upstream trouble")
     channel = await make_channel(sink.url())
@@ -242,7 +204,7 @@ async def test_temporary_statuses(
 
 @pytest.mark.parametrize("status", [503, 429])
 async def test_retry_after_seconds(
-    sink: Sink, make_channel: Any, notice: Notice, status: int
+    sink: ScriptedPeer, make_channel: Any, notice: Notice, status: int
 ) -> None:
     sink.answer(status, headers={"Retry-After": "7"})
     channel = await make_channel(sink.url())
@@ -250,7 +212,7 @@ async def test_retry_after_seconds(
     assert error.retry_after == 7
 
 
-async def test_retry_after_http_date(sink: Sink, make_channel: Any, notice: Notice) -> None:
+async def test_retry_after_http_date(sink: ScriptedPeer, make_channel: Any, notice: Notice) -> None:
     when = datetime.fromtimestamp(int(time.time()) + 30, tz=UTC)
     sink.answer(503, headers={"Retry-After": format_datetime(when, usegmt=True)})
     channel = await make_channel(sink.url())
@@ -264,7 +226,7 @@ async def test_retry_after_http_date(sink: Sink, make_channel: Any, notice: Noti
     [("99999999", MAX_RETRY_AFTER_S), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0), ("soon", None)],
 )
 async def test_retry_after_is_capped_and_tolerant(
-    sink: Sink, make_channel: Any, notice: Notice, value: str, expected: float | None
+    sink: ScriptedPeer, make_channel: Any, notice: Notice, value: str, expected: float | None
 ) -> None:
     sink.answer(429, headers={"Retry-After": value})
     channel = await make_channel(sink.url())
@@ -274,7 +236,7 @@ async def test_retry_after_is_capped_and_tolerant(
 
 @pytest.mark.parametrize("status", [400, 404, 410, 401])
 async def test_permanent_statuses(
-    sink: Sink, make_channel: Any, notice: Notice, status: int
+    sink: ScriptedPeer, make_channel: Any, notice: Notice, status: int
 ) -> None:
     sink.answer(status, body="no such account: " + "x" * 1000)
     channel = await make_channel(sink.url())
@@ -286,13 +248,15 @@ async def test_permanent_statuses(
     assert len(str(error)) < 300
 
 
-async def test_redirect_is_not_followed(sink: Sink, make_channel: Any, notice: Notice) -> None:
+async def test_redirect_is_not_followed(
+    sink: ScriptedPeer, make_channel: Any, notice: Notice
+) -> None:
     sink.answer(302, headers={"Location": sink.url("/elsewhere")})
     channel = await make_channel(sink.url())
     error = await send_expecting(channel, notice, PermanentDeliveryError)
     assert error.status == 302
     assert "302" in str(error)
-    assert sink.redirected_hits == 0
+    assert [r.path for r in sink.requests] == ["/notify"]
     assert len(sink.requests) == 1
 
 
@@ -306,7 +270,7 @@ async def test_connection_refused_is_temporary(make_channel: Any, notice: Notice
     assert PLAIN_SECRET not in str(error)
 
 
-async def test_timeout_is_temporary(sink: Sink, make_channel: Any, notice: Notice) -> None:
+async def test_timeout_is_temporary(sink: ScriptedPeer, make_channel: Any, notice: Notice) -> None:
     channel = await make_channel(sink.url("/slow"), timeout_s=0.2)
     started = time.monotonic()
     error = await send_expecting(channel, notice, TemporaryDeliveryError)
@@ -314,7 +278,9 @@ async def test_timeout_is_temporary(sink: Sink, make_channel: Any, notice: Notic
     assert "hook" in str(error)
 
 
-async def test_secret_never_in_error_text(sink: Sink, make_channel: Any, notice: Notice) -> None:
+async def test_secret_never_in_error_text(
+    sink: ScriptedPeer, make_channel: Any, notice: Notice
+) -> None:
     sink.answer(400, body=f"bad signature for key {PLAIN_SECRET}")
     sink.answer(500, body=PLAIN_SECRET)
     channel = await make_channel(sink.url(), secret=PLAIN_SECRET)
@@ -325,7 +291,7 @@ async def test_secret_never_in_error_text(sink: Sink, make_channel: Any, notice:
         assert PLAIN_SECRET not in repr(error)
 
 
-async def test_send_opens_a_session_if_needed(sink: Sink, notice: Notice) -> None:
+async def test_send_opens_a_session_if_needed(sink: ScriptedPeer, notice: Notice) -> None:
     channel = build_channel(WebhookChannelConfig(type="webhook", url=sink.url()))
     assert channel.name == "webhook"
     try:
