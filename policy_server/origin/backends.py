@@ -30,17 +30,32 @@ class AsnLookup(Protocol):
     def close(self) -> None: ...
 
 
-def _mmdb_description(path: str, reader: geoip2.database.Reader) -> str:
-    meta = reader.metadata()
-    built = datetime.datetime.fromtimestamp(meta.build_epoch, datetime.UTC).date()
-    return f"{path} ({meta.database_type}, built {built})"
+class _MaxMindFile:
+    """What every MaxMind database file offers, whatever its records: a description, its build
+    time, and closing."""
+
+    def __init__(self, path: str, reader: geoip2.database.Reader) -> None:
+        self._reader = reader
+        meta = reader.metadata()
+        built = datetime.datetime.fromtimestamp(meta.build_epoch, datetime.UTC).date()
+        self._description = f"{path} ({meta.database_type}, built {built})"
+
+    def describe(self) -> str:
+        return self._description
+
+    def built(self) -> float:
+        """When the database was built (unix time)."""
+        return float(self._reader.metadata().build_epoch)
+
+    def close(self) -> None:
+        self._reader.close()
 
 
-class MaxMindCountry:
+class MaxMindCountry(_MaxMindFile):
     """A GeoIP2/GeoLite2 Country or City database through geoip2's reader."""
 
     def __init__(self, path: str) -> None:
-        self._reader = geoip2.database.Reader(path)
+        super().__init__(path, geoip2.database.Reader(path))
         database_type = self._reader.metadata().database_type
         if "City" in database_type:
             self._lookup: Any = self._reader.city
@@ -49,7 +64,6 @@ class MaxMindCountry:
         else:
             self._reader.close()
             raise ValueError(f"{database_type} is not a Country or City database")
-        self._description = _mmdb_description(path, self._reader)
 
     def country(self, address: IPAddress) -> str | None:
         try:
@@ -59,23 +73,9 @@ class MaxMindCountry:
         code: str | None = record.country.iso_code or record.registered_country.iso_code
         return code
 
-    def describe(self) -> str:
-        return self._description
 
-    def built(self) -> float:
-        """When the database was built (unix time)."""
-        return float(self._reader.metadata().build_epoch)
-
-    def close(self) -> None:
-        self._reader.close()
-
-
-class MaxMindAsn:
+class MaxMindAsn(_MaxMindFile):
     """A GeoLite2-ASN (or GeoIP2-ISP) database through geoip2's reader."""
-
-    def __init__(self, path: str, reader: geoip2.database.Reader) -> None:
-        self._reader = reader
-        self._description = _mmdb_description(path, reader)
 
     def asn(self, address: IPAddress) -> tuple[int | None, str | None]:
         try:
@@ -83,16 +83,6 @@ class MaxMindAsn:
         except geoip2.errors.AddressNotFoundError:
             return None, None
         return record.autonomous_system_number, record.autonomous_system_organization
-
-    def describe(self) -> str:
-        return self._description
-
-    def built(self) -> float:
-        """When the database was built (unix time)."""
-        return float(self._reader.metadata().build_epoch)
-
-    def close(self) -> None:
-        self._reader.close()
 
 
 class PyasnAsn:
