@@ -146,3 +146,25 @@ def decide(history: History, origin: Origin, at: float, policy: PolicyConfig) ->
     elif not notify:
         note = "not in policy.notify"
     return Decision(reasons, notify, note)
+
+
+def repeat_writes(
+    known: KnownOrigin, at: float, touch_after: float, coalesce_s: float
+) -> tuple[bool, bool]:
+    """What a login at ``at`` from the stored origin ``known`` writes, when nothing about it is
+    unusual: ``(join_pending, touch)``. ``join_pending``: the origin is younger than the
+    coalescing window, so the login's service joins the origin's notice while that waits.
+    ``touch``: the origin was last seen ``touch_after`` or more ago, so its ``last_seen`` and
+    count are written. Neither: a fresh repeat, which writes nothing at all."""
+    return at - known.first_seen < coalesce_s, at - known.last_seen >= touch_after
+
+
+def fresh_repeat(
+    known: KnownOrigin | None, at: float, touch_after: float, coalesce_s: float
+) -> bool:
+    """A known origin seen less than ``touch_after`` ago, whose first use is older than the
+    coalescing window: the login writes nothing (answered without the store's writer)."""
+    if known is None:
+        return False
+    join_pending, touch = repeat_writes(known, at, touch_after, coalesce_s)
+    return not (join_pending or touch)

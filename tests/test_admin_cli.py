@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from policy_server.commands.admin import parse_duration, read_contacts
-from policy_server.commands.main import STATUSES, main
+from policy_server.commands.contacts import read_contacts
+from policy_server.commands.main import main
+from policy_server.commands.outbox import STATUSES, parse_duration
 from policy_server.config import Config, load_config
 from policy_server.model import AddressClass, History, Origin
 from policy_server.policy import Decision, decide
@@ -87,6 +88,10 @@ class Env:
         code = main([*args, "-c", str(self.config_path)])
         out, err = self.capsys.readouterr()
         return code, out, err
+
+    def migrate(self) -> None:
+        """``policy-server migrate``: a store set up and empty, as read-only commands need."""
+        assert self.run("migrate")[0] == 0
 
     def csv(self, text: str, name: str = "contacts.csv", encoding: str = "utf-8") -> str:
         path = self.dir / name
@@ -284,6 +289,7 @@ def test_import_columns_in_any_order_and_case(env: Env) -> None:
 
 
 def test_show_unknown_contact_exits_1(env: Env) -> None:
+    env.migrate()
     code, out, err = env.run("contacts", "show", "nobody")
     assert code == 1 and out == ""
     assert "no contact for nobody" in err
@@ -442,6 +448,7 @@ def test_counts_and_list_by_every_status(env: Env) -> None:
 
 
 def test_counts_of_an_empty_outbox_list_every_status(env: Env) -> None:
+    env.migrate()
     code, out, _ = env.run("outbox", "counts")
     assert code == 0
     assert [line.split() for line in out.splitlines()] == [[s, "0"] for s in STATUSES]
@@ -720,6 +727,7 @@ def test_purge_bad_duration_as_a_process(env: Env) -> None:
 
 def test_send_test_through_a_webhook(make_env: Callable[..., Env], thread_sink: ThreadSink) -> None:
     env = make_env({"type": "webhook", "name": "hook", "url": thread_sink.url})
+    env.migrate()
     code, out, err = env.run("send-test", "Taro@Example.JP", "--channel", "hook")
     assert (code, err) == (0, "")
     (payload,) = thread_sink.received
@@ -750,6 +758,7 @@ def test_send_test_reports_a_failed_delivery(
 ) -> None:
     thread_sink.script = [status]
     env = make_env({"type": "webhook", "name": "hook", "url": thread_sink.url})
+    env.migrate()
     code, out, err = env.run("send-test", "bob", "--channel", "hook")
     assert code == 1 and out == ""
     assert f"not delivered ({kind} failure)" in err and str(status) in err
@@ -772,6 +781,7 @@ def test_send_test_unknown_channel_exits_2(
 def test_send_test_email_without_an_address_exits_1(make_env: Callable[..., Env]) -> None:
     # port 9 (discard): were anything sent, the command would fail differently
     env = make_env({"type": "email", "name": "mail", "sender": "notices@example.jp", "port": 9})
+    env.migrate()
     code, out, err = env.run("send-test", "bob", "--channel", "mail")
     assert code == 1 and out == ""
     assert "bob: no email address" in err
@@ -782,6 +792,7 @@ def test_send_test_through_a_channel_that_cannot_be_built(
     make_env: Callable[..., Env],
 ) -> None:
     env = make_env({"type": "webhook", "name": "hook", "secret": "whsec_not base64!"})
+    env.migrate()
     code, out, err = env.run("send-test", "bob", "--channel", "hook")
     assert code == 1 and out == ""
     assert "channel 'hook': secret:" in err and "check-config" in err

@@ -19,15 +19,9 @@ from geodata import STANDARD_NETWORKS, Network, write_asn_mmdb, write_country_mm
 from support import Sink
 from test_delivery import report
 
-from policy_server.commands.control import (
-    breaker_close,
-    breaker_status,
-    outbox_discard,
-    outbox_held,
-    outbox_release,
-    set_pause,
-)
+from policy_server.commands.control import breaker_close, breaker_status, set_pause
 from policy_server.commands.import_log import record_history
+from policy_server.commands.outbox import outbox_discard, outbox_held, outbox_release
 from policy_server.config import BreakerConfig, Config
 from policy_server.delivery.breaker import BREAKER, GEO_HOLD, check
 from policy_server.events import Event

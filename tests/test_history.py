@@ -22,14 +22,9 @@ from aiohttp.test_utils import TestClient
 from support import Sink
 from test_delivery import report
 
-from policy_server.commands.history import (
-    history_export,
-    history_forget,
-    history_show,
-    replay_configs,
-)
+from policy_server.commands.history import history_export, history_forget, history_show
 from policy_server.commands.import_log import import_logs
-from policy_server.commands.replay import replay
+from policy_server.commands.replay import replay, replay_configs
 from policy_server.config import Config
 from policy_server.events import read_events
 from policy_server.origin.networks import KnownNetworks, NetworksError

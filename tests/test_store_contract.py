@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from policy_server.config import PolicyConfig, StorageConfig
 from policy_server.model import AddressClass, History, Origin, Reason
@@ -25,11 +27,13 @@ from policy_server.store.base import (
     Contact,
     DeliveryResult,
     HeldFilter,
+    ImmediateHistory,
     Outcome,
     Store,
     StoreError,
     SuccessfulLogin,
 )
+from policy_server.store.sql import SQLStore
 
 POLICY = PolicyConfig()
 DSN = os.environ.get("POLICY_SERVER_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -279,6 +283,110 @@ async def test_logins_from_a_pending_notices_origin_join_it(store: Store) -> Non
     assert detail[0].protocols == ("imap", "smtp")
 
 
+async def test_a_login_joins_a_notice_its_own_batch_created(backend: Backend) -> None:
+    s = await open_store(backend.config.model_copy(update={"group_commit_wait_ms": 50}))
+    assert isinstance(s, SQLStore)
+    try:
+        first, second = await asyncio.gather(
+            record(s, login(at=1000.0), coalesce_s=600.0),
+            record(s, login(at=1010.0, protocol="smtp"), touch_after=0, coalesce_s=600.0),
+        )
+        assert s.commits == 1  # one batch: the notice was not stored when the second came
+        assert first.notice_id is not None and second.notice_id is None
+        detail = await s.notice_detail(first.notice_id)
+        assert detail is not None and detail[0].protocols == ("imap", "smtp")
+    finally:
+        await s.close()
+
+
+async def test_concurrent_logins_share_commits(backend: Backend) -> None:
+    s = await open_store(backend.config.model_copy(update={"group_commit_wait_ms": 20}))
+    assert isinstance(s, SQLStore)
+    try:
+        await asyncio.gather(*(record(s, login(f"user{i}")) for i in range(50)))
+        assert await statuses(s) == {"queued": 50}
+        # all 50 first logins went through a few transactions, not 50
+        assert s.committed_ops == 50
+        assert s.commits <= 5
+    finally:
+        await s.close()
+
+
+async def test_an_immediate_history_is_the_history(store: Store, backend: Backend) -> None:
+    await record(store, login())
+    await record(store, login(o=origin(*US), at=1001.0))
+    # SQLite reads on the event loop; PostgreSQL needs a round trip, so it does not offer it
+    assert isinstance(store, ImmediateHistory) == (backend.name == "sqlite")
+    if isinstance(store, ImmediateHistory):
+        assert store.history_now("alice") == await store.history("alice")
+        assert store.history_now("nobody").is_new
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+@settings(max_examples=25)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["alice", "bob"]), st.sampled_from([JP, US, DE])),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_replaying_the_same_logins_queues_no_more_notices(
+    tmp_path_factory: pytest.TempPathFactory,
+    kind: str,
+    logins: list[tuple[str, tuple[str, str, int]]],
+) -> None:
+    async def run() -> tuple[int, int]:
+        schema = f"t_{secrets.token_hex(8)}"
+        if kind == "postgres":
+            await require_postgres()
+            config = postgres_config(schema).model_copy(update={"group_commit_wait_ms": 0})
+        else:
+            path = tmp_path_factory.mktemp("replay") / "p.sqlite3"
+            config = StorageConfig(path=str(path), group_commit_wait_ms=0)
+        s = await open_store(config)
+        try:
+            items = [login(a, origin(*where), at=1000.0 + i) for i, (a, where) in enumerate(logins)]
+            first = [await record(s, item) for item in items]
+            # the same logins again, concurrently this time
+            second = await asyncio.gather(*(record(s, item) for item in items))
+            return sum(1 for o in first if o.notice_id), sum(1 for o in second if o.notice_id)
+        finally:
+            await s.close()
+            if kind == "postgres":
+                await drop_schema(schema)
+
+    queued_first, queued_again = asyncio.run(run())
+    assert queued_again == 0
+    # each account notifies at most once per distinct unusual origin
+    assert queued_first <= len(set(logins))
+
+
+# -- the transaction ---------------------------------------------------------------------------
+
+
+async def test_a_transaction_commits_its_block_or_none_of_it(store: Store) -> None:
+    assert isinstance(store, SQLStore)
+    insert = "INSERT INTO controls (name, value, updated) VALUES (?, ?, ?)"
+    async with store.transaction() as tx:
+        assert await tx.execute(insert, "kept", '{"n": 1}', 1.0) == 1
+    assert await store.control("kept") == {"n": 1}
+    with pytest.raises(RuntimeError, match="in the block"):
+        async with store.transaction() as tx:
+            await tx.execute(insert, "lost", '{"n": 2}', 2.0)
+            raise RuntimeError("in the block")
+    assert await store.control("lost") is None
+    # a statement that fails takes the block's earlier writes with it
+    with pytest.raises(store.driver_errors):
+        async with store.transaction() as tx:
+            await tx.execute(insert, "also lost", '{"n": 3}', 3.0)
+            await tx.execute(insert, "kept", '{"n": 4}', 4.0)
+    assert await store.control("also lost") is None
+    assert await store.control("kept") == {"n": 1}
+    # and the store goes on
+    assert (await record(store, login())).notice_id is not None
+
+
 async def test_data_survives_reopen(backend: Backend) -> None:
     s = await backend.open()
     outcome = await record(s, login())
@@ -432,6 +540,22 @@ async def test_unknown_finish_status_is_refused(store: Store) -> None:
     (d,) = await store.claim("w", 10, 2000.0, 30)
     with pytest.raises(StoreError):
         await store.finish("w", [DeliveryResult(d.notice.id, "hook", "lost")], 2001.0)
+
+
+async def test_an_unknown_status_writes_nothing_of_its_batch(store: Store) -> None:
+    await record(store, login("a"))
+    await record(store, login("b"))
+    claimed = {d.notice.account: d for d in await store.claim("w", 10, 2000.0, 30)}
+    with pytest.raises(StoreError, match="unknown delivery status"):
+        await store.finish(
+            "w",
+            [
+                DeliveryResult(claimed["a"].notice.id, "hook", "sent"),
+                DeliveryResult(claimed["b"].notice.id, "hook", "lost"),
+            ],
+            2001.0,
+        )
+    assert await statuses(store) == {"sending": 2}
 
 
 # -- recipients and delivery rules -------------------------------------------------------------

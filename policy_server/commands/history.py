@@ -1,21 +1,52 @@
-"""The history commands: show, export and forget an account; import logs; replay configs."""
+"""``history show|export|forget``: an account's origins and decisions; privacy requests.
+
+Recording history from past logins is ``import-log`` (commands/import_log.py).
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
-from datetime import UTC, datetime, tzinfo
-from pathlib import Path
-from typing import Any, TextIO
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any, TextIO, TypeAlias
 
 from ..accounts import normalize_login
 from ..config import Config
-from ..events import ReadStats, read_events
 from ..model import History, KnownOrigin
 from ..policy import live_origins
-from ..store import open_store
-from .import_log import import_logs
-from .replay import ReplayResult, format_side_by_side, replay
+from .cli import Handler, Subparsers, add_command, add_group, config_command
+from .session import store_session
+
+LoginAction: TypeAlias = Callable[[Config, str], Coroutine[Any, Any, int]]
+
+
+def register(commands: Subparsers) -> None:
+    actions = add_group(
+        commands, "history", help="an account's origins and decisions; privacy requests"
+    )
+    for name, action, text in (
+        (
+            "show",
+            history_show,
+            "origins (known or forgotten) and recent decisions with their reasons",
+        ),
+        ("export", history_export, "everything stored about the account, as JSON"),
+        ("forget", history_forget, "delete everything stored about the account"),
+    ):
+        one = add_command(actions, name, _for_login(action), help=text)
+        one.add_argument("login", metavar="LOGIN")
+
+
+def _for_login(action: LoginAction) -> Handler:
+    """A handler running ``action`` on the command line's LOGIN."""
+
+    async def command(config: Config, args: argparse.Namespace) -> int:
+        return await action(config, args.login)
+
+    command.__name__ = action.__name__
+    return config_command(command)
 
 
 def _iso(value: float | None) -> str | None:
@@ -29,11 +60,8 @@ def _short(value: float | None) -> str:
 
 
 async def _record(config: Config, login: str) -> dict[str, Any] | None:
-    store = await open_store(config.storage)
-    try:
+    async with store_session(config) as store:
         return await store.account_record(normalize_login(login, config.accounts))
-    finally:
-        await store.close()
 
 
 def _known(row: dict[str, Any]) -> KnownOrigin:
@@ -116,56 +144,11 @@ async def history_export(config: Config, login: str, out: TextIO | None = None) 
 
 async def history_forget(config: Config, login: str, out: TextIO | None = None) -> int:
     """Delete everything stored about an account (history, decisions, notices, contact)."""
-    store = await open_store(config.storage)
-    try:
+    async with store_session(config, migrate=True) as store:
         counts = await store.forget(normalize_login(login, config.accounts))
-    finally:
-        await store.close()
     if not any(counts.values()):
         print(f"nothing stored for {login}", file=sys.stderr)
         return 1
     detail = ", ".join(f"{n} {table}" for table, n in counts.items() if n)
     print(f"forgot {login}: {detail}", file=out)
-    return 0
-
-
-async def import_log(
-    config: Config, paths: list[Path], zone: tzinfo, out: TextIO | None = None
-) -> int:
-    """Build history from Dovecot login lines (or an events export); no notice is queued."""
-    stats = await import_logs(config, paths, zone)
-    print(
-        f"recorded {stats.recorded} logins of {stats.accounts} accounts from "
-        f"{len(paths)} file(s) ({stats.read.lines} lines, "
-        f"{stats.read.lines - stats.read.events} without a login)",
-        file=out,
-    )
-    if stats.bad_addresses:
-        print(f"skipped {stats.bad_addresses} logins with an invalid address", file=out)
-    return 0
-
-
-async def replay_configs(
-    configs: dict[str, Config],
-    paths: list[Path],
-    zone: tzinfo,
-    as_json: bool,
-    out: TextIO | None = None,
-) -> int:
-    """Run the same past logins through each config and print the notices side by side."""
-    read = ReadStats()
-    events = sorted(read_events(paths, zone, read), key=lambda e: e.at)
-    results: dict[str, ReplayResult] = {}
-    for name, config in configs.items():
-        results[name] = await replay(config, events)
-    if as_json:
-        document = {
-            "events": len(events),
-            "lines": read.lines,
-            **{name: result.as_dict() for name, result in results.items()},
-        }
-        print(json.dumps(document, indent=2), file=out)
-    else:
-        print(f"{len(events)} logins from {read.lines} lines", file=out)
-        print(format_side_by_side(results), file=out)
     return 0

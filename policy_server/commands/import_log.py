@@ -1,12 +1,15 @@
-"""``policy-server import-log``: build accounts' history from past logins, queuing nothing."""
+"""``import-log``: build accounts' history from past logins (Dovecot logs or an events export),
+queuing nothing."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import tzinfo
 from pathlib import Path
+from typing import TextIO
 
 from ..accounts import normalize_login
 from ..config import Config
@@ -14,8 +17,40 @@ from ..events import Event, ReadStats, batches, read_events
 from ..origin.address import AddressError
 from ..origin.resolver import OriginResolver
 from ..policy import KNOWN
-from ..store import open_store
 from ..store.base import Store, SuccessfulLogin
+from .cli import ZONE_HELP, Subparsers, add_command, config_command, log_zone
+from .session import store_session
+
+
+def register(commands: Subparsers) -> None:
+    imp = add_command(
+        commands,
+        "import-log",
+        config_command(import_log_command),
+        help="build history from Dovecot login log lines (gzip too); queues no notice",
+    )
+    imp.add_argument("files", nargs="+", metavar="FILE")
+    imp.add_argument("--log-timezone", default="local", metavar="ZONE", help=ZONE_HELP)
+
+
+async def import_log_command(config: Config, args: argparse.Namespace) -> int:
+    return await import_log(config, [Path(f) for f in args.files], log_zone(args.log_timezone))
+
+
+async def import_log(
+    config: Config, paths: list[Path], zone: tzinfo, out: TextIO | None = None
+) -> int:
+    """Build history from Dovecot login lines (or an events export); no notice is queued."""
+    stats = await import_logs(config, paths, zone)
+    print(
+        f"recorded {stats.recorded} logins of {stats.accounts} accounts from "
+        f"{len(paths)} file(s) ({stats.read.lines} lines, "
+        f"{stats.read.lines - stats.read.events} without a login)",
+        file=out,
+    )
+    if stats.bad_addresses:
+        print(f"skipped {stats.bad_addresses} logins with an invalid address", file=out)
+    return 0
 
 
 @dataclass
@@ -70,11 +105,10 @@ async def import_logs(config: Config, paths: list[Path], zone: tzinfo) -> Import
     # first and last seen come out right only in time order, whatever order the files are in
     events = sorted(read_events(paths, zone, read), key=lambda e: e.at)
     resolver = await asyncio.to_thread(OriginResolver.from_config, config.geoip)
-    store = await open_store(config.storage)
     try:
-        stats = await record_history(store, resolver, config, events)
+        async with store_session(config, migrate=True) as store:
+            stats = await record_history(store, resolver, config, events)
     finally:
-        await store.close()
         resolver.close()
     stats.read = read
     return stats

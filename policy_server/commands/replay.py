@@ -1,30 +1,155 @@
-"""``policy-server replay``: what a config would have notified, on past logins.
+"""``replay``: what a candidate config would have notified, on past logins, beside the current one.
 
 Each config runs the same events through the real recording path (resolver, known networks,
 decision, coalescing) into a throw-away SQLite store; nothing is sent and the live store is not
 touched. The figures are the notices each config would have queued.
+
+``-c/--config`` is the config in use, as in every command, and ``--candidate`` the one to try.
+The spelling of earlier versions, ``replay --config NEW.toml -c CURRENT.toml`` (``--config``
+naming the candidate, ``-c``/``--current`` the config in use), still works, with a warning.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, tzinfo
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
 from ..config import Config
-from ..events import Event, batches
+from ..events import Event, ReadStats, batches, read_events
+from ..logs import setup_logging
 from ..model import Command, LoginEvent
 from ..origin.address import AddressError
-from ..origin.networks import KnownNetworks
+from ..origin.networks import KnownNetworks, NetworksError
 from ..origin.resolver import OriginResolver
 from ..service.recorder import LoginRecorder
-from ..store import open_store
+from .cli import ZONE_HELP, CommandError, Subparsers, add_command, load, log_zone, run
+from .session import store_session
+
+USAGE = (
+    "%(prog)s --candidate NEW.toml [-c CURRENT.toml] [--json] [--log-timezone ZONE] FILE [FILE ...]"
+)
+DEPRECATED = (
+    "policy-server: warning: `replay --config NEW.toml -c CURRENT.toml` is deprecated;"
+    " write `replay --candidate NEW.toml -c CURRENT.toml` (-c/--config is the config in use,"
+    " as in every command)"
+)
+
+
+def register(commands: Subparsers) -> None:
+    rep = add_command(
+        commands,
+        "replay",
+        replay_command,
+        config=False,
+        help="run past logins through the current and a candidate config; compare the notices",
+        usage=USAGE,
+        epilog="The spelling of earlier versions, --config NEW.toml -c CURRENT.toml, still works"
+        " (with a warning).",
+    )
+    rep.add_argument("files", nargs="+", metavar="FILE", help="Dovecot logs or an events export")
+    rep.add_argument("--candidate", metavar="NEW.toml", help="the config to try (required)")
+    rep.add_argument(
+        "-c",
+        "--config",
+        action=_Spelled,
+        metavar="FILE",
+        help="the config in use (default: the embedded defaults)",
+    )
+    # the old long name of -c
+    rep.add_argument("--current", action=_Spelled, dest="config", help=argparse.SUPPRESS)
+    rep.add_argument("--json", action="store_true", help="print the figures as JSON")
+    rep.add_argument("--log-timezone", default="local", metavar="ZONE", help=ZONE_HELP)
+    rep.set_defaults(config_spellings=())
+
+
+class _Spelled(argparse.Action):
+    """Stores the file like ``store`` and remembers how it was named (``-c``, ``--config``,
+    ``--current``), in order: the old spelling gave ``--config`` another meaning."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.config_spellings = (*namespace.config_spellings, (option_string, values))
+
+
+def config_paths(args: argparse.Namespace) -> tuple[str | None, str, bool]:
+    """(the config in use, the candidate, whether the old spelling named them)."""
+    spellings: tuple[tuple[str, str], ...] = args.config_spellings
+    if args.candidate is not None:
+        return args.config, args.candidate, False
+    candidates = [path for option, path in spellings if option == "--config"]
+    if not candidates:
+        raise CommandError("replay: name the config to try with --candidate NEW.toml", status=2)
+    current = [path for option, path in spellings if option != "--config"]
+    return (current[-1] if current else None), candidates[-1], True
+
+
+def replay_command(args: argparse.Namespace) -> int:
+    current_path, candidate_path, deprecated = config_paths(args)
+    if deprecated:
+        print(DEPRECATED, file=sys.stderr)
+    configs: dict[str, Config] = {}
+    problems: list[str] = []
+    for name, path in (("current", current_path), ("candidate", candidate_path)):
+        try:
+            configs[name] = load(path)
+        except CommandError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise CommandError("\npolicy-server: ".join(problems))
+    setup_logging("warning")
+    try:
+        return run(
+            replay_configs(
+                configs, [Path(f) for f in args.files], log_zone(args.log_timezone), args.json
+            )
+        )
+    except NetworksError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+async def replay_configs(
+    configs: dict[str, Config],
+    paths: list[Path],
+    zone: tzinfo,
+    as_json: bool,
+    out: TextIO | None = None,
+) -> int:
+    """Run the same past logins through each config and print the notices side by side."""
+    read = ReadStats()
+    events = sorted(read_events(paths, zone, read), key=lambda e: e.at)
+    results: dict[str, ReplayResult] = {}
+    for name, config in configs.items():
+        results[name] = await replay(config, events)
+    if as_json:
+        document = {
+            "events": len(events),
+            "lines": read.lines,
+            **{name: result.as_dict() for name, result in results.items()},
+        }
+        print(json.dumps(document, indent=2), file=out)
+    else:
+        print(f"{len(events)} logins from {read.lines} lines", file=out)
+        print(format_side_by_side(results), file=out)
+    return 0
+
+
+# -- the engine --------------------------------------------------------------------------------
 
 CHANNEL = "replay"
 
@@ -69,43 +194,43 @@ async def replay(config: Config, events: Sequence[Event]) -> ReplayResult:
                 "synchronous": "normal",
             }
         )
+        throwaway = config.model_copy(update={"storage": storage})
         resolver = await asyncio.to_thread(OriginResolver.from_config, config.geoip)
         resolver.networks = KnownNetworks.load(config.networks)
-        store = await open_store(storage)
         try:
-            recorder = LoginRecorder(config, store, lambda: resolver, (CHANNEL,))
+            async with store_session(throwaway, migrate=True) as store:
+                recorder = LoginRecorder(config, store, lambda: resolver, (CHANNEL,))
 
-            async def one(event: Event) -> None:
-                login = LoginEvent(
-                    command=Command.REPORT,
-                    login=event.login,
-                    remote=event.remote,
-                    protocol=event.protocol,
-                    success=event.success,
-                )
-                try:
-                    outcome = await recorder.report(login, at=event.at)
-                except AddressError:
-                    result.bad_addresses += 1
-                    return
-                if not event.success:
-                    result.failures += 1
-                    return
-                result.logins += 1
-                decision = outcome.decision
-                if outcome.notice_id is not None:
-                    result.notices += 1
-                    notified.add(login.login.casefold())
-                    result.by_reason.update(r.value for r in decision.notify)
-                    day = datetime.fromtimestamp(event.at, zone).date().isoformat()
-                    result.by_day[day] += 1
-                elif decision.unusual:
-                    result.silent += 1
+                async def one(event: Event) -> None:
+                    login = LoginEvent(
+                        command=Command.REPORT,
+                        login=event.login,
+                        remote=event.remote,
+                        protocol=event.protocol,
+                        success=event.success,
+                    )
+                    try:
+                        outcome = await recorder.report(login, at=event.at)
+                    except AddressError:
+                        result.bad_addresses += 1
+                        return
+                    if not event.success:
+                        result.failures += 1
+                        return
+                    result.logins += 1
+                    decision = outcome.decision
+                    if outcome.notice_id is not None:
+                        result.notices += 1
+                        notified.add(login.login.casefold())
+                        result.by_reason.update(r.value for r in decision.notify)
+                        day = datetime.fromtimestamp(event.at, zone).date().isoformat()
+                        result.by_day[day] += 1
+                    elif decision.unusual:
+                        result.silent += 1
 
-            for batch in batches(events):
-                await asyncio.gather(*(one(event) for event in batch))
+                for batch in batches(events):
+                    await asyncio.gather(*(one(event) for event in batch))
         finally:
-            await store.close()
             resolver.close()
     result.accounts_notified = len(notified)
     return result

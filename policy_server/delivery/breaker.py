@@ -19,7 +19,7 @@ from typing import Any
 
 from ..config import BreakerConfig, ChannelConfig
 from ..model import Notice
-from ..store.base import NoticeRates, Store
+from ..store.base import NoticeRates, QueueStore
 from .channels.base import Channel
 from .channels.errors import DeliveryError
 from .render import RenderedMessage
@@ -121,7 +121,7 @@ class Breaker:
 
     def __init__(
         self,
-        store: Store,
+        store: QueueStore,
         config: BreakerConfig,
         owner_channels: Sequence[str],
         alerts: AdminAlerts,

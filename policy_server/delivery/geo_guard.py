@@ -17,7 +17,7 @@ from typing import Any
 
 from ..config import GeoGuardConfig, GeoipConfig
 from ..origin.resolver import OriginResolver
-from ..store.base import Store
+from ..store.base import OperatorStore
 from .breaker import GEO_HOLD, AdminAlerts
 
 log = logging.getLogger("policy_server.geo_guard")
@@ -52,7 +52,9 @@ class GuardResult:
         return self.changed / self.checked if self.checked else 0.0
 
 
-async def try_on_known_origins(store: Store, resolver: OriginResolver, sample: int) -> GuardResult:
+async def try_on_known_origins(
+    store: OperatorStore, resolver: OriginResolver, sample: int
+) -> GuardResult:
     """Resolve a sample of known origins with ``resolver``; count those that would change."""
     origins = await store.sample_origins(sample)
     changed = 0
@@ -71,7 +73,7 @@ async def try_on_known_origins(store: Store, resolver: OriginResolver, sample: i
 
 
 async def check_geo_change(
-    store: Store,
+    store: OperatorStore,
     resolver: OriginResolver,
     geoip: GeoipConfig,
     config: GeoGuardConfig,

@@ -21,8 +21,14 @@ from ..config import ChannelConfig, Config, QueueConfig
 from ..model import Notice
 from ..policy import DAY_S
 from ..service.metrics import Metrics
-from ..store.base import Delivery, DeliveryResult, Store, StoreError
-from ..store.batch import RELEASED
+from ..store.base import (
+    RELEASED,
+    Delivery,
+    DeliveryResult,
+    DeliveryStatus,
+    QueueStore,
+    StoreError,
+)
 from .breaker import GEO_HOLD, PAUSE, Breaker
 from .channels.base import Channel
 from .channels.errors import DeliveryError, TemporaryDeliveryError
@@ -30,6 +36,7 @@ from .render import Renderer
 from .rules import quiet_until, recipient_for, throttled_until, zone
 
 log = logging.getLogger("policy_server.worker")
+S = DeliveryStatus
 
 HOUSEKEEPING_INTERVAL_S = 3600.0
 
@@ -53,7 +60,7 @@ class Worker:
 
     def __init__(
         self,
-        store: Store,
+        store: QueueStore,
         channels: Mapping[str, Channel],
         renderer: Renderer,
         config: Config,
@@ -156,7 +163,7 @@ class Worker:
         await self._store.finish(self.owner, results, time.time())
         if self._metrics is not None:
             for result in results:
-                outcome = "retried" if result.status == "queued" else result.status
+                outcome = "retried" if result.status == S.QUEUED else result.status
                 self._metrics.deliveries.labels(result.channel, outcome).inc()
         return len(batch)
 
@@ -187,7 +194,7 @@ class Worker:
             held = [d for d in group if not d.released]
             group = [d for d in group if d.released]
             results = [
-                DeliveryResult(d.notice.id, d.channel, "held", self.holding[:500]) for d in held
+                DeliveryResult(d.notice.id, d.channel, S.HELD, self.holding[:500]) for d in held
             ]
             if not group:
                 return results
@@ -198,7 +205,7 @@ class Worker:
                 *results,
                 *(
                     dataclasses.replace(r, error=f"{RELEASED}; {r.error or ''}")
-                    if r.status in ("queued", "deferred")
+                    if r.status in (S.QUEUED, S.DEFERRED)
                     else r
                     for r in released
                 ),
@@ -209,15 +216,15 @@ class Worker:
         main = outcome[0]
         results = list(outcome)
         for other in claimed:
-            if main.status == "sent":
+            if main.status == S.SENT:
                 results.append(
                     DeliveryResult(
-                        other.notice.id, other.channel, "folded", folded_into=main.notice_id
+                        other.notice.id, other.channel, S.FOLDED, folded_into=main.notice_id
                     )
                 )
             else:
                 # whatever held the newest back (quiet hours, throttle, an outage) holds these
-                status = "deferred" if main.status == "queued" else main.status
+                status = S.DEFERRED if main.status == S.QUEUED else main.status
                 results.append(
                     DeliveryResult(
                         other.notice.id, other.channel, status, main.error, main.next_attempt
@@ -232,34 +239,34 @@ class Worker:
         now = time.time()
 
         def result(
-            status: str, error: str | None = None, at: float | None = None
+            status: DeliveryStatus, error: str | None = None, at: float | None = None
         ) -> list[DeliveryResult]:
             return [DeliveryResult(notice.id, delivery.channel, status, error, at)]
 
         if channel is None or channel_config is None:
-            return result("dead", f"channel {delivery.channel!r} is not configured")
+            return result(S.DEAD, f"channel {delivery.channel!r} is not configured")
         if now >= delivery.deadline and delivery.attempts > 1:
             # the deadline is for notices that keep failing; one held back by quiet hours or
             # the per-account limit is still owed to its owner, late as it is
-            return result("dead", "deadline passed before delivery")
+            return result(S.DEAD, "deadline passed before delivery")
         contact = await self._store.contact(notice.account)
         recipient = recipient_for(channel.recipient_kind, channel_config, contact, notice.login)
         if recipient is None:
             # final, and visible in the outbox: retrying cannot conjure an address
-            return result("undeliverable", f"no {channel.recipient_kind} address for this account")
+            return result(S.UNDELIVERABLE, f"no {channel.recipient_kind} address for this account")
         tz = zone(recipient.timezone, self._full.message.timezone)
         wake = quiet_until(
             now, channel_config.quiet_hours, tz, notice.reasons, channel_config.quiet_urgent
         )
         if wake is not None:
-            return result("deferred", "quiet hours", wake)
+            return result(S.DEFERRED, "quiet hours", wake)
         rules = self._full.delivery.throttle
         if rules:
             since = now - max(rule.window_s for rule in rules)
             sent = await self._store.sent_times(notice.account, delivery.channel, since)
             free_at = throttled_until(sent, now, rules)
             if free_at is not None:
-                return result("deferred", "throttled: per-account limit reached", free_at)
+                return result(S.DEFERRED, "throttled: per-account limit reached", free_at)
         waiting = await self._store.waiting_notices(
             notice.account, delivery.channel, notice.time.timestamp()
         )
@@ -268,7 +275,7 @@ class Worker:
             message = self._renderer.render(notice, recipient, folded)
         except Exception as exc:  # a template an admin broke: keep the notice, say why
             log.error("cannot render notice %s: %s", notice.id, exc)
-            return result("dead", f"render failed: {exc}")
+            return result(S.DEAD, f"render failed: {exc}")
         if self._full.delivery.dry_run:
             log.info(
                 "dry run: notice %s for %s through %s rendered, not sent",
@@ -277,9 +284,9 @@ class Worker:
                 delivery.channel,
             )
             return [
-                DeliveryResult(notice.id, delivery.channel, "shadow"),
+                DeliveryResult(notice.id, delivery.channel, S.SHADOW),
                 *(
-                    DeliveryResult(other.id, delivery.channel, "folded", folded_into=notice.id)
+                    DeliveryResult(other.id, delivery.channel, S.FOLDED, folded_into=notice.id)
                     for other in waiting
                 ),
             ]
@@ -296,9 +303,9 @@ class Worker:
         self.delivered += 1
         log.debug("notice %s delivered through %s", notice.id, delivery.channel)
         return [
-            DeliveryResult(notice.id, delivery.channel, "sent"),
+            DeliveryResult(notice.id, delivery.channel, S.SENT),
             *(
-                DeliveryResult(other.id, delivery.channel, "folded", folded_into=notice.id)
+                DeliveryResult(other.id, delivery.channel, S.FOLDED, folded_into=notice.id)
                 for other in waiting
             ),
         ]
@@ -310,7 +317,7 @@ class Worker:
             log.warning(
                 "notice %s through %s failed permanently: %s", notice_id, delivery.channel, error
             )
-            return DeliveryResult(notice_id, delivery.channel, "dead", error)
+            return DeliveryResult(notice_id, delivery.channel, S.DEAD, error)
         delay = backoff(delivery.attempts, self._config, self._rng)
         if exc.retry_after is not None:
             delay = min(max(delay, exc.retry_after), self._config.backoff_max_s)
@@ -322,11 +329,11 @@ class Worker:
                 delivery.channel,
                 error,
             )
-            return DeliveryResult(notice_id, delivery.channel, "dead", f"deadline passed: {error}")
+            return DeliveryResult(notice_id, delivery.channel, S.DEAD, f"deadline passed: {error}")
         # An outage fails every notice of the channel; say so once, not once per notice.
         if delivery.channel not in self._outage_logged:
             self._outage_logged.add(delivery.channel)
             log.warning(
                 "channel %s is failing, notices will be retried: %s", delivery.channel, error
             )
-        return DeliveryResult(notice_id, delivery.channel, "queued", error, at)
+        return DeliveryResult(notice_id, delivery.channel, S.QUEUED, error, at)

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from ..config import MetricsConfig, parse_listen
-from ..store.base import Store
+from ..store.base import DeliveryStatus, OperatorStore
 
 log = logging.getLogger("policy_server.metrics")
 
@@ -96,11 +96,17 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-async def refresh_queue(metrics: Metrics, store: Store, now: float | None = None) -> None:
+async def refresh_queue(metrics: Metrics, store: OperatorStore, now: float | None = None) -> None:
     """Read the queue's depth and age and the shared switches into the gauges."""
     now = time.time() if now is None else now
     counts = await store.outbox_counts()
-    for status in ("queued", "sending", "held", "dead", "undeliverable"):
+    for status in (
+        DeliveryStatus.QUEUED,
+        DeliveryStatus.SENDING,
+        DeliveryStatus.HELD,
+        DeliveryStatus.DEAD,
+        DeliveryStatus.UNDELIVERABLE,
+    ):
         metrics.queue_depth.labels(status).set(counts.get(status, 0))
     oldest = await store.oldest_queued()
     metrics.queue_oldest.set(max(0.0, now - oldest) if oldest is not None else 0.0)
@@ -110,7 +116,9 @@ async def refresh_queue(metrics: Metrics, store: Store, now: float | None = None
     metrics.paused.set(1 if pause.get("paused") else 0)
 
 
-def monitoring_app(metrics: Metrics, store: Store, ready_checks: dict[str, Any]) -> web.Application:
+def monitoring_app(
+    metrics: Metrics, store: OperatorStore, ready_checks: dict[str, Any]
+) -> web.Application:
     """``/metrics``, ``/healthz`` (the process answers) and ``/readyz`` (it can do its work)."""
 
     async def metrics_view(request: web.Request) -> web.Response:

@@ -12,8 +12,8 @@ from ..config import Config
 from ..events import Event, EventWriter
 from ..model import History, LoginEvent, Origin
 from ..origin.resolver import OriginResolver
-from ..policy import KNOWN, decide
-from ..store.base import Decide, Outcome, Store, SuccessfulLogin
+from ..policy import KNOWN, decide, fresh_repeat
+from ..store.base import Decide, ImmediateHistory, LoginStore, Outcome, SuccessfulLogin
 
 log = logging.getLogger("policy_server.recorder")
 
@@ -25,7 +25,7 @@ class Prepared:
     account: str
     origin: Origin | None
     at: float
-    # the history ``begin`` already read, when the store could read it without waiting
+    # the history ``begin`` already read, when the store reads without waiting
     history: History | None = None
 
 
@@ -40,7 +40,7 @@ class LoginRecorder:
     def __init__(
         self,
         config: Config,
-        store: Store,
+        store: LoginStore,
         resolver: Callable[[], OriginResolver],
         channels: Sequence[str],
         on_notice: Callable[[], None] = lambda: None,
@@ -49,6 +49,8 @@ class LoginRecorder:
     ) -> None:
         self._config = config
         self._store = store
+        # a store that reads a history without waiting answers fresh repeats in ``begin``
+        self._immediate = store if isinstance(store, ImmediateHistory) else None
         self._resolver = resolver
         self._channels = tuple(channels)
         self._on_notice = on_notice
@@ -83,19 +85,19 @@ class LoginRecorder:
             return Prepared(account, None, at)
         origin = self.origin(event.remote)
         self._on_origin(origin)
-        history = self._store.history_now(account)
-        if history is not None and self._fresh_repeat(history, origin, at):
+        if self._immediate is None:
+            return Prepared(account, origin, at)
+        history = self._immediate.history_now(account)
+        if self._fresh_repeat(history, origin, at):
             return Outcome(decision=KNOWN)
         return Prepared(account, origin, at, history)
 
     def _fresh_repeat(self, history: History, origin: Origin, at: float) -> bool:
-        known = history.find(origin)
-        # A fresh repeat writes nothing, unless its origin is new enough to have a notice that
-        # is still waiting and should name this login's service too.
-        return (
-            known is not None
-            and at - known.last_seen < self._config.policy.touch_granularity_s
-            and at - known.first_seen >= self._config.delivery.coalesce_window_s
+        return fresh_repeat(
+            history.find(origin),
+            at,
+            self._config.policy.touch_granularity_s,
+            self._config.delivery.coalesce_window_s,
         )
 
     async def finish(self, event: LoginEvent, prepared: Prepared) -> Outcome:

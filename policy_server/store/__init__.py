@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from ..config import StorageConfig
-from .base import Store, StoreError
+from .base import SchemaBehind, Store, StoreError
 
-__all__ = ["Store", "StoreError", "open_store"]
+__all__ = ["SchemaBehind", "Store", "StoreError", "open_store"]
 
 
-async def open_store(config: StorageConfig) -> Store:
-    """Create and open the configured backend."""
+async def open_store(config: StorageConfig, migrate: bool = True) -> Store:
+    """Create and open the configured backend; ``migrate=False`` opens it only if its schema is
+    up to date (``SchemaBehind`` otherwise), creating and changing nothing."""
     if config.backend == "sqlite":
         from .sqlite import SQLiteStore
 
@@ -20,5 +21,5 @@ async def open_store(config: StorageConfig) -> Store:
         store = PostgresStore(config)
     else:  # pragma: no cover - the config model admits only known backends
         raise StoreError(f"unknown storage backend {config.backend!r}")
-    await store.open()
+    await store.open(migrate=migrate)
     return store

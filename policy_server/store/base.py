@@ -1,14 +1,21 @@
-"""The store interface: history, the notice queue, and the records the request path writes.
+"""The store's interfaces, one per caller, and the values that cross them.
 
-Every backend keeps all of its SQL to itself; the rest of the service sees only this.
+* ``LoginStore``: the login path (the recorder): read a history, record a login.
+* ``QueueStore``: the delivery side (the worker, the breaker): claim, finish, the rules' reads.
+* ``OperatorStore``: the operator commands, the metrics and the geo guard: reads and a few
+  writes.
+
+``Store`` is all three and the connection's life: what ``open_store`` returns. The one
+implementation is the SQL store (``store/sql.py``) over a dialect per backend; no SQL leaves the
+store package.
 """
 
 from __future__ import annotations
 
-import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
 
 from ..model import History, KnownOrigin, Notice, Origin
 from ..policy import Decision
@@ -16,9 +23,49 @@ from ..policy import Decision
 # (history, origin, login time) -> decision
 Decide = Callable[[History, Origin, float], Decision]
 
+# last_error of a delivery an operator released from hold starts with this
+RELEASED = "released"
+
 
 class StoreError(Exception):
     """The store could not do what was asked (locked, unreachable, corrupt)."""
+
+
+class SchemaBehind(StoreError):
+    """The store's schema is older than this version's, or not there at all, and opening it
+    was asked not to migrate (``open(migrate=False)``): nothing was created or changed."""
+
+    def __init__(self, store: str, found: int, newest: int) -> None:
+        self.found = found
+        self.newest = newest
+        state = "is not set up yet" if found == 0 else f"is at schema version {found}"
+        super().__init__(
+            f"{store} {state}; this policy-server needs schema version {newest}:"
+            " run `policy-server migrate`"
+        )
+
+
+class DeliveryStatus(StrEnum):
+    """The state of one delivery (a notice through one channel), as stored in its row.
+
+    ``DEFERRED`` is never stored: it is what a worker reports for a delivery it did not attempt
+    (quiet hours, throttle); the store queues it again without counting the attempt.
+    """
+
+    QUEUED = "queued"
+    SENDING = "sending"  # claimed by a worker, under a lease
+    SENT = "sent"
+    FOLDED = "folded"  # delivered inside another notice (``folded_into``)
+    DEAD = "dead"  # failed for good
+    UNDELIVERABLE = "undeliverable"  # no recipient for the channel
+    HELD = "held"  # by the breaker or the geo guard, until released or discarded
+    DISCARDED = "discarded"  # by an operator
+    SHADOW = "shadow"  # rendered in dry-run mode, not sent
+    DEFERRED = "deferred"
+
+
+#: deliveries that some worker still has to deliver: their notice can take a login's service
+UNDELIVERED = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,17 +107,17 @@ class DeliveryResult:
 
     ``status`` is one of:
 
-    * ``sent``; ``folded`` (delivered inside notice ``folded_into``; the delivery may be
+    * ``SENT``; ``FOLDED`` (delivered inside notice ``folded_into``; the delivery may be
       queued or claimed by the same owner);
-    * ``queued``: a failed attempt, retried at ``next_attempt``;
-    * ``deferred``: not attempted (quiet hours, throttle), due again at ``next_attempt``;
-    * ``dead`` (failed for good) or ``undeliverable`` (no recipient for the channel);
-    * ``held`` (by the breaker or the geo guard, until released) or ``shadow`` (dry run).
+    * ``QUEUED``: a failed attempt, retried at ``next_attempt``;
+    * ``DEFERRED``: not attempted (quiet hours, throttle), due again at ``next_attempt``;
+    * ``DEAD`` (failed for good) or ``UNDELIVERABLE`` (no recipient for the channel);
+    * ``HELD`` (by the breaker or the geo guard, until released) or ``SHADOW`` (dry run).
     """
 
     notice_id: str
     channel: str
-    status: str
+    status: DeliveryStatus
     error: str | None = None
     next_attempt: float | None = None
     folded_into: str | None = None
@@ -124,26 +171,16 @@ def origin_snapshot(known: KnownOrigin) -> dict[str, Any]:
     }
 
 
-class Store(abc.ABC):
-    """History and queue storage shared by the request path and the delivery worker."""
+# -- the login path ----------------------------------------------------------------------------
 
-    @abc.abstractmethod
-    async def open(self) -> None:
-        """Connect and bring the schema up to date."""
 
-    @abc.abstractmethod
-    async def close(self) -> None:
-        """Finish pending writes and disconnect."""
+class LoginStore(Protocol):
+    """What the login path needs: one read per report, and the group-committed writes."""
 
-    @abc.abstractmethod
     async def history(self, account: str) -> History:
         """The account's known origins: one indexed read."""
+        ...
 
-    def history_now(self, account: str) -> History | None:
-        """The account's history if it can be read without waiting (None: use ``history``)."""
-        return None
-
-    @abc.abstractmethod
     async def record_success(
         self,
         login: SuccessfulLogin,
@@ -158,138 +195,181 @@ class Store(abc.ABC):
         """Record a successful login and queue its notice in one committed transaction.
 
         ``decide`` runs against the history as it is inside the transaction, so two concurrent
-        logins of one account cannot both be "first". A known origin whose ``last_seen`` is
-        younger than ``touch_after`` seconds is not written again. A new notice's deliveries
-        wait ``hold_s``; a login from the origin of a notice of the last ``coalesce_s`` seconds
-        that is not delivered yet adds its protocol to that notice. Returns after the commit.
+        logins of one account cannot both be "first". What a login from a known origin writes
+        is ``policy.repeat_writes``: nothing for a fresh repeat; a login from the origin of a
+        notice of the last ``coalesce_s`` seconds that is not delivered yet adds its protocol
+        to that notice. A new notice's deliveries wait ``hold_s``. Returns after the commit.
         """
+        ...
 
-    @abc.abstractmethod
     async def record_failure(self, account: str, at: float) -> None:
         """Count a failed login for an existing account; never creates history."""
+        ...
 
-    @abc.abstractmethod
-    async def claim(self, owner: str, limit: int, now: float, lease_s: float) -> list[Delivery]:
-        """Take up to ``limit`` due deliveries (or ones whose lease expired) for ``owner``."""
 
-    @abc.abstractmethod
-    async def finish(self, owner: str, results: Sequence[DeliveryResult], now: float) -> None:
-        """Write the outcome of claimed deliveries in one transaction."""
+@runtime_checkable
+class ImmediateHistory(Protocol):
+    """An optional capability of a login store: reading a history without waiting.
 
-    # -- recipients ------------------------------------------------------------------------
+    A store whose history read costs less than a hand-off (SQLite: an indexed point read from
+    the page cache, on the event loop) offers it, and the recorder answers a fresh repeat login
+    before it ever awaits. A store without it (PostgreSQL: a round trip) is read with
+    ``LoginStore.history``.
+    """
 
-    @abc.abstractmethod
-    async def contact(self, account: str) -> Contact | None:
-        """The account's contact row, if any."""
+    def history_now(self, account: str) -> History:
+        """The account's known origins, read on the calling thread."""
+        ...
 
-    @abc.abstractmethod
-    async def upsert_contacts(self, contacts: Sequence[Contact], now: float) -> int:
-        """Insert or replace contact rows in one transaction; returns how many."""
 
-    @abc.abstractmethod
-    async def remove_contact(self, account: str) -> bool:
-        """Delete an account's contact row; False when there was none."""
+# -- the delivery side -------------------------------------------------------------------------
 
-    # -- delivery rules --------------------------------------------------------------------
 
-    @abc.abstractmethod
-    async def sent_times(self, account: str, channel: str, since: float) -> list[float]:
-        """When notices of ``account`` went out through ``channel`` since ``since``."""
+class Controls(Protocol):
+    """The switches every process sharing the store obeys (pause, breaker, geo guard)."""
 
-    @abc.abstractmethod
-    async def waiting_notices(self, account: str, channel: str, until: float) -> list[Notice]:
-        """The account's notices created up to ``until`` and still queued (not claimed) for
-        ``channel``, oldest first: what a notice being sent can carry along."""
-
-    # -- operators -------------------------------------------------------------------------
-
-    @abc.abstractmethod
-    async def notice_detail(self, notice_id: str) -> tuple[Notice, list[dict[str, Any]]] | None:
-        """A notice and its deliveries (channel, status, attempts, errors)."""
-
-    @abc.abstractmethod
-    async def retry(self, notice_id: str, now: float, deadline: float) -> int:
-        """Queue a notice's dead or undeliverable deliveries again; returns how many."""
-
-    @abc.abstractmethod
-    async def purge(self, before: float) -> int:
-        """Delete notices created before ``before`` with every delivery final; returns how many."""
-
-    # -- controls, breaker and held notices -------------------------------------------------
-
-    @abc.abstractmethod
     async def control(self, name: str) -> dict[str, Any] | None:
-        """A shared switch (pause, breaker, geo fingerprints), or None when never set."""
+        """A shared switch, or None when never set."""
+        ...
 
-    @abc.abstractmethod
     async def set_control(
         self, name: str, value: dict[str, Any], now: float, unless: tuple[str, Any] | None = None
     ) -> bool:
         """Set a switch; with ``unless=(key, v)`` only when its ``key`` is not already ``v``
         (compare and set across processes). True when it changed."""
+        ...
 
-    @abc.abstractmethod
+
+class QueueStore(Controls, Protocol):
+    """What the delivery worker and the breaker need."""
+
+    async def claim(self, owner: str, limit: int, now: float, lease_s: float) -> list[Delivery]:
+        """Take up to ``limit`` due deliveries (or ones whose lease expired) for ``owner``."""
+        ...
+
+    async def finish(self, owner: str, results: Sequence[DeliveryResult], now: float) -> None:
+        """Write the outcome of claimed deliveries in one transaction; an unknown status is a
+        StoreError and writes nothing."""
+        ...
+
+    async def release_claims(self, owner: str, now: float) -> int:
+        """Give back what ``owner`` claimed and did not finish (queued again, the claim's
+        attempt not counted); returns how many."""
+        ...
+
+    async def contact(self, account: str) -> Contact | None:
+        """The account's contact row, if any."""
+        ...
+
+    async def sent_times(self, account: str, channel: str, since: float) -> list[float]:
+        """When notices of ``account`` went out through ``channel`` since ``since``."""
+        ...
+
+    async def waiting_notices(self, account: str, channel: str, until: float) -> list[Notice]:
+        """The account's notices created up to ``until`` and still queued (not claimed) for
+        ``channel``, oldest first: what a notice being sent can carry along."""
+        ...
+
     async def notice_rates(self, now: float, window_s: float, baseline_s: float) -> NoticeRates:
         """Counts of notices created in the last ``window_s`` and in the baseline before it."""
+        ...
 
-    @abc.abstractmethod
     async def hold_queued(
         self, since: float, channels: Sequence[str], reason: str, now: float
     ) -> int:
         """Hold the queued deliveries through ``channels`` created since ``since``."""
+        ...
 
-    @abc.abstractmethod
-    async def held_summary(self, filters: HeldFilter) -> dict[str, dict[str, int]]:
-        """Held deliveries counted by reason, provider, country and channel."""
-
-    @abc.abstractmethod
-    async def release_held(
-        self, filters: HeldFilter, now: float, per_second: float, note: str = "released"
-    ) -> int:
-        """Queue matching held deliveries again, oldest first, ``per_second`` at most; ``note``
-        (starting with "released") marks them so that the breaker lets them through."""
-
-    @abc.abstractmethod
-    async def discard_held(self, filters: HeldFilter, note: str, now: float) -> int:
-        """Mark matching held deliveries discarded, with ``note`` (who and when)."""
-
-    @abc.abstractmethod
-    async def sample_origins(self, limit: int) -> list[tuple[str, str | None, str | None]]:
-        """Up to ``limit`` random known origins as (prefix, country, provider)."""
-
-    # -- privacy and history ---------------------------------------------------------------
-
-    @abc.abstractmethod
-    async def account_record(self, account: str, decisions: int = 50) -> dict[str, Any] | None:
-        """Everything stored about an account (row, contact, origins, recent decisions,
-        notices), as JSON-ready data; None when nothing is."""
-
-    @abc.abstractmethod
-    async def forget(self, account: str) -> dict[str, int]:
-        """Delete everything stored about an account in one transaction; rows per table."""
-
-    @abc.abstractmethod
     async def housekeeping(
         self, now: float, address_retention_s: float, purge_origins_after_s: float
     ) -> dict[str, int]:
         """Cut stored client addresses older than the retention to their prefix, and delete
         origins unused for ``purge_origins_after_s`` of the account's activity."""
+        ...
 
-    @abc.abstractmethod
-    async def release_claims(self, owner: str, now: float) -> int:
-        """Give back what ``owner`` claimed and did not finish (queued again, the claim's
-        attempt not counted); returns how many."""
 
-    @abc.abstractmethod
+# -- operators ---------------------------------------------------------------------------------
+
+
+class OperatorStore(Controls, Protocol):
+    """What operators (and the metrics and the geo guard, on their behalf) read and write."""
+
+    async def contact(self, account: str) -> Contact | None:
+        """The account's contact row, if any."""
+        ...
+
+    async def upsert_contacts(self, contacts: Sequence[Contact], now: float) -> int:
+        """Insert or replace contact rows in one transaction; returns how many."""
+        ...
+
+    async def remove_contact(self, account: str) -> bool:
+        """Delete an account's contact row; False when there was none."""
+        ...
+
+    async def notice_detail(self, notice_id: str) -> tuple[Notice, list[dict[str, Any]]] | None:
+        """A notice and its deliveries (channel, status, attempts, errors)."""
+        ...
+
+    async def retry(self, notice_id: str, now: float, deadline: float) -> int:
+        """Queue a notice's dead or undeliverable deliveries again; returns how many."""
+        ...
+
+    async def purge(self, before: float) -> int:
+        """Delete notices created before ``before`` with every delivery final; returns how many."""
+        ...
+
+    async def held_summary(self, filters: HeldFilter) -> dict[str, dict[str, int]]:
+        """Held deliveries counted by reason, provider, country and channel."""
+        ...
+
+    async def release_held(
+        self, filters: HeldFilter, now: float, per_second: float, note: str = RELEASED
+    ) -> int:
+        """Queue matching held deliveries again, oldest first, ``per_second`` at most; ``note``
+        (starting with "released") marks them so that the breaker lets them through."""
+        ...
+
+    async def discard_held(self, filters: HeldFilter, note: str, now: float) -> int:
+        """Mark matching held deliveries discarded, with ``note`` (who and when)."""
+        ...
+
+    async def sample_origins(self, limit: int) -> list[tuple[str, str | None, str | None]]:
+        """Up to ``limit`` random known origins as (prefix, country, provider)."""
+        ...
+
+    async def account_record(self, account: str, decisions: int = 50) -> dict[str, Any] | None:
+        """Everything stored about an account (row, contact, origins, recent decisions,
+        notices), as JSON-ready data; None when nothing is."""
+        ...
+
+    async def forget(self, account: str) -> dict[str, int]:
+        """Delete everything stored about an account in one transaction; rows per table."""
+        ...
+
     async def oldest_queued(self) -> float | None:
         """When the oldest delivery still queued was created (None: the queue is empty)."""
+        ...
 
-    @abc.abstractmethod
     async def outbox_counts(self) -> dict[str, int]:
         """Number of deliveries by status."""
+        ...
 
-    @abc.abstractmethod
     async def list_deliveries(
         self, status: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
         """Recent deliveries with their notice's facts, newest first, for operators."""
+        ...
+
+
+class Store(LoginStore, QueueStore, OperatorStore, Protocol):
+    """Everything, and the connection's life: what a backend implements."""
+
+    async def open(self, migrate: bool = True) -> None:
+        """Connect and bring the schema up to date; with ``migrate=False`` create and change
+        nothing, and raise ``SchemaBehind`` when the schema is older than the newest migration
+        (or missing)."""
+        ...
+
+    async def close(self) -> None:
+        """Finish pending writes and disconnect."""
+        ...

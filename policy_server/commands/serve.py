@@ -1,0 +1,110 @@
+"""``serve``, ``worker`` and ``migrate``: running the service and bringing its store up to date.
+
+All three may migrate the store: they are what an upgrade runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from .. import __version__
+from ..config import Config
+from ..logs import setup_logging
+from .cli import CommandError, Subparsers, add_command, config_command, load
+from .session import store_session
+
+log = logging.getLogger("policy_server")
+
+LOG_LEVELS = ["debug", "info", "warning"]
+
+
+def register(commands: Subparsers) -> None:
+    serve = add_command(commands, "serve", serve_command, help="run the service")
+    serve.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N processes sharing the port (SO_REUSEPORT) and the store",
+    )
+    serve.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="answer Dovecot only; deliveries are left to `policy-server worker` processes",
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+
+    work = add_command(
+        commands, "worker", worker_command, help="deliver queued notices (no HTTP listener)"
+    )
+    work.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+
+    add_command(commands, "migrate", migrate, help="bring the store's schema up to date")
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from ..service.app import create_app
+
+    config = load(args.config)
+    setup_logging(args.log_level, config.logging.format)
+    if args.workers > 1:
+        from ..service.processes import supervise
+
+        child = ["serve", "--log-level", args.log_level, "--reuse-port"]
+        if args.no_worker:
+            child.append("--no-worker")
+        if args.config:
+            child += ["-c", args.config]
+        return supervise(child, args.workers)
+    app = create_app(config, run_worker=not args.no_worker, reuse_port=args.reuse_port)
+    log.info(
+        "policy-server %s listening on %s (config: %s)",
+        __version__,
+        config.server.listen,
+        args.config or "embedded defaults",
+    )
+    web.run_app(
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        access_log=logging.getLogger("aiohttp.access") if config.server.access_log else None,
+        # called once the listener is up: then systemd may start Dovecot
+        print=lambda _message: _ready(config),
+        shutdown_timeout=10,
+        reuse_port=args.reuse_port or None,
+    )
+    return 0
+
+
+def _ready(config: Config) -> None:
+    from ..service.systemd import notify
+
+    notify("READY=1", f"STATUS=answering on {config.server.listen}")
+
+
+def worker_command(args: argparse.Namespace) -> int:
+    from ..delivery.process import run_worker
+    from ..store.base import StoreError
+
+    config = load(args.config)
+    setup_logging(args.log_level, config.logging.format)
+    try:
+        # the worker opens (and migrates) the store itself, as the service does
+        asyncio.run(run_worker(config))
+    except StoreError as exc:
+        raise CommandError(f"store unavailable: {exc}") from exc
+    return 0
+
+
+@config_command
+async def migrate(config: Config, args: argparse.Namespace) -> int:
+    setup_logging("info")
+    async with store_session(config, migrate=True):
+        pass
+    print(f"{config.storage.backend} store schema up to date")
+    return 0

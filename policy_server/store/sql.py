@@ -1,0 +1,772 @@
+"""The SQL store: every statement and every step of the store's logic, written once.
+
+A backend (``sqlite.py``, ``postgres.py``) subclasses ``SQLStore`` with what truly differs: how
+it connects, its ``reading()`` connection and its ``transaction()``, its history read, and a
+``Dialect`` for the few statements that differ. The statements here use ``?`` placeholders (the
+PostgreSQL connection numbers them) and only SQL that both databases run alike.
+
+A login batch is written by the group-commit writer in one transaction: the histories and the
+pending notices of the batch's accounts are read in it, ``plan.plan_batch`` decides without
+I/O, and the rows it returns are written before the commit.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from importlib import resources
+from typing import Any, ClassVar, Concatenate, ParamSpec, Protocol, TypeVar
+
+from ..config import StorageConfig
+from ..model import KnownOrigin, Notice
+from .base import (
+    RELEASED,
+    UNDELIVERED,
+    Contact,
+    Delivery,
+    DeliveryResult,
+    DeliveryStatus,
+    HeldFilter,
+    NoticeRates,
+    Outcome,
+    SchemaBehind,
+    Store,
+    StoreError,
+)
+from .batch import GroupCommit
+from .plan import (
+    Op,
+    PendingNotice,
+    RecordOp,
+    known_origin,
+    notice_from_payload,
+    plan_batch,
+    prefetch_pending,
+)
+
+log = logging.getLogger("policy_server.store")
+
+S = DeliveryStatus
+
+
+class Connection(Protocol):
+    """A connection (or a transaction on one) as the shared logic uses it; rows are sequences
+    indexed by column position."""
+
+    async def fetch(self, sql: str, *params: Any) -> list[Any]: ...
+
+    async def fetch_dicts(self, sql: str, *params: Any) -> list[dict[str, Any]]: ...
+
+    async def execute(self, sql: str, *params: Any) -> int:
+        """Run one statement; how many rows it changed."""
+        ...
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+
+class Dialect:
+    """What differs between the backends' SQL, in the terms of the shared logic."""
+
+    #: the folder under migrations/ with this backend's schema scripts
+    name: ClassVar[str]
+    #: creates the table of applied migrations
+    schema_version: ClassVar[str]
+    #: a row when that table exists
+    has_schema_version: ClassVar[str]
+    #: a cheap read (parameters: now, now) saying whether a claim would find anything, run
+    #: before the claim's transaction; None: claim at once
+    any_due: ClassVar[str | None] = None
+    #: appended to a SELECT whose rows the transaction changes next ("": nothing to lock)
+    lock_rows: ClassVar[str] = ""
+    #: the decisions' column in insertion order, after their time
+    decision_order: ClassVar[str]
+    #: joined after ``notices n``: one row ``r.value`` per reason of the notice
+    reason_rows: ClassVar[str]
+    #: a condition with one parameter: the notice ``n`` has that reason
+    has_reason: ClassVar[str]
+    #: cuts the client address of notices created before the parameter to its prefix
+    scrub_addresses: ClassVar[str]
+
+    def json_text(self, column: str, key: str) -> str:
+        """The text of ``key`` in a JSON object column (NULL when missing)."""
+        raise NotImplementedError
+
+    def differs(self, key: str, value: Any) -> tuple[str, list[Any]]:
+        """A condition on ``controls.value``: its ``key`` is not ``value``; and its parameters."""
+        raise NotImplementedError
+
+    def any_of(self, column: str, values: Sequence[Any]) -> Iterator[tuple[str, list[Any]]]:
+        """Conditions ``column`` is one of ``values``, with their parameters: one per query,
+        every value in exactly one."""
+        raise NotImplementedError
+
+    async def lock_accounts(self, conn: Connection, accounts: Sequence[str]) -> None:
+        """Lock the accounts a transaction writes, where writers can run side by side."""
+
+    async def claim_due(
+        self, conn: Connection, owner: str, limit: int, now: float, lease_until: float
+    ) -> list[tuple[str, str, int, float, str | None]]:
+        """Take due deliveries (or ones whose lease ran out) for ``owner`` inside ``conn``'s
+        transaction: (notice id, channel, attempts with this one, deadline, last error)."""
+        raise NotImplementedError
+
+
+def migrations(dialect: str) -> list[tuple[int, str]]:
+    """The numbered schema scripts of a backend, in order."""
+    folder = resources.files("policy_server.store").joinpath("migrations", dialect)
+    found: list[tuple[int, str]] = []
+    for entry in folder.iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:4].isdigit():
+            found.append((int(name[:4]), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def _larger(a: str, b: str) -> str:
+    return f"CASE WHEN {a} >= {b} THEN {a} ELSE {b} END"
+
+
+def _in(*statuses: DeliveryStatus) -> str:
+    return "(" + ", ".join(f"'{s}'" for s in statuses) + ")"
+
+
+def _text(value: Any) -> str:
+    """A JSON column as text, whatever the driver returns for it."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+_ORIGIN_COLUMNS = "prefix, country, provider, as_org, first_seen, last_seen, count"
+SELECT_ORIGINS = f"SELECT {_ORIGIN_COLUMNS} FROM origins WHERE account = ?"
+# ... of several accounts, the account last ({values}: a condition on account)
+SELECT_HISTORIES = f"SELECT {_ORIGIN_COLUMNS}, account FROM origins WHERE {{values}}"
+# Notices of the accounts ({values}: a condition on n.account) some channel has not delivered
+# yet, created since the parameter.
+SELECT_PENDING = (
+    "SELECT n.id, n.account, n.origin_key, n.created, n.payload FROM notices n"
+    " WHERE {values} AND n.created >= ?"
+    " AND EXISTS (SELECT 1 FROM deliveries d WHERE d.account = n.account"
+    f"  AND d.notice_id = n.id AND d.status IN {_in(*UNDELIVERED)})"
+)
+UPSERT_ORIGIN = (
+    "INSERT INTO origins (account, prefix, country, provider, as_org, first_seen, last_seen,"
+    " count) VALUES (?, ?, ?, ?, ?, ?, ?, 1)"
+    " ON CONFLICT (account, prefix, country, provider) DO UPDATE SET"
+    f" last_seen = {_larger('origins.last_seen', 'excluded.last_seen')},"
+    " count = origins.count + 1, as_org = coalesce(excluded.as_org, origins.as_org)"
+)
+UPSERT_ACCOUNT = (
+    "INSERT INTO accounts (account, first_seen, last_seen, logins) VALUES (?, ?, ?, 1)"
+    " ON CONFLICT (account) DO UPDATE SET"
+    f" last_seen = {_larger('accounts.last_seen', 'excluded.last_seen')},"
+    " logins = accounts.logins + 1"
+)
+COUNT_FAILURE = "UPDATE accounts SET failures = failures + 1, last_failure = ? WHERE account = ?"
+INSERT_NOTICE = (
+    "INSERT INTO notices (id, account, created, reasons, payload, origin_key)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+INSERT_DELIVERY = (
+    "INSERT INTO deliveries (notice_id, channel, account, status, next_attempt, deadline,"
+    f" created, updated) VALUES (?, ?, ?, '{S.QUEUED}', ?, ?, ?, ?)"
+)
+INSERT_DECISION = (
+    "INSERT INTO decisions (account, at, protocol, prefix, country, provider, network, reasons,"
+    " notified, note, notice_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+UPDATE_PAYLOAD = "UPDATE notices SET payload = ? WHERE account = ? AND id = ?"
+
+_GIVE_BACK = _larger("attempts - 1", "0")
+_UNCLAIM = "claimed_by = NULL, lease_until = NULL"
+_CLAIMED = "WHERE notice_id = ? AND channel = ? AND claimed_by = ?"
+# What a worker's result writes, by status; the parameters are in finish()'s order.
+FINISH = {
+    S.SENT: f"UPDATE deliveries SET status = '{S.SENT}', last_error = NULL, {_UNCLAIM},"
+    f" updated = ? {_CLAIMED}",
+    S.QUEUED: f"UPDATE deliveries SET status = '{S.QUEUED}', last_error = ?, next_attempt = ?,"
+    f" {_UNCLAIM}, updated = ? {_CLAIMED}",
+    S.DEAD: f"UPDATE deliveries SET status = '{S.DEAD}', last_error = ?, {_UNCLAIM},"
+    f" updated = ? {_CLAIMED}",
+    S.UNDELIVERABLE: f"UPDATE deliveries SET status = '{S.UNDELIVERABLE}', last_error = ?,"
+    f" {_UNCLAIM}, updated = ? {_CLAIMED}",
+    # rendered in dry-run mode and not sent: counts as sent for the per-account limit
+    S.SHADOW: f"UPDATE deliveries SET status = '{S.SHADOW}', last_error = NULL, {_UNCLAIM},"
+    f" updated = ? {_CLAIMED}",
+    # not attempts: give back the attempt the claim counted
+    S.HELD: f"UPDATE deliveries SET status = '{S.HELD}', last_error = ?,"
+    f" attempts = {_GIVE_BACK}, {_UNCLAIM}, updated = ? {_CLAIMED}",
+    S.DEFERRED: f"UPDATE deliveries SET status = '{S.QUEUED}', last_error = ?, next_attempt = ?,"
+    f" attempts = {_GIVE_BACK}, {_UNCLAIM}, updated = ? {_CLAIMED}",
+}
+# A folded delivery is either still queued or claimed by the owner that sent the notice.
+FOLD = (
+    f"UPDATE deliveries SET status = '{S.FOLDED}', folded_into = ?, last_error = NULL,"
+    f" updated = ?, {_UNCLAIM} WHERE notice_id = ? AND channel = ?"
+    f" AND (status = '{S.QUEUED}' OR (status = '{S.SENDING}' AND claimed_by = ?))"
+)
+RELEASE_CLAIMS = (
+    f"UPDATE deliveries SET status = '{S.QUEUED}', {_UNCLAIM}, attempts = {_GIVE_BACK},"
+    f" next_attempt = ?, updated = ? WHERE status = '{S.SENDING}' AND claimed_by = ?"
+)
+JOIN_NOTICES = "deliveries d JOIN notices n ON n.account = d.account AND n.id = d.notice_id"
+_DELIVERY_KEYS = (
+    "channel",
+    "status",
+    "attempts",
+    "next_attempt",
+    "deadline",
+    "last_error",
+    "folded_into",
+    "updated",
+)
+_LISTED_KEYS = (
+    "id",
+    "channel",
+    "status",
+    "attempts",
+    "next_attempt",
+    "last_error",
+    "account",
+    "created",
+    "reasons",
+)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_Self = TypeVar("_Self", bound="SQLStore")
+
+
+def store_errors(
+    method: Callable[Concatenate[_Self, _P], Coroutine[Any, Any, _R]],
+) -> Callable[Concatenate[_Self, _P], Coroutine[Any, Any, _R]]:
+    """Report every database failure as StoreError, whatever the backend's driver raised."""
+
+    @functools.wraps(method)
+    async def wrapper(self: _Self, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await method(self, *args, **kwargs)
+        except self.driver_errors as exc:
+            raise StoreError(f"{method.__name__}: {exc}") from exc
+
+    return wrapper
+
+
+class SQLStore(GroupCommit, Store):
+    """The store's logic over a backend's connections and dialect."""
+
+    dialect: ClassVar[Dialect]
+    #: what the driver raises for a database failure (reported as StoreError)
+    driver_errors: ClassVar[tuple[type[Exception], ...]]
+
+    def __init__(self, config: StorageConfig) -> None:
+        super().__init__()
+        self._config = config
+        json_text = self.dialect.json_text
+        asn, org = json_text("n.payload", "asn"), json_text("n.payload", "as_org")
+        # the provider and the country of a notice as the breaker and the held filters name them
+        self._provider = (
+            f"CASE WHEN {asn} IS NOT NULL THEN 'AS' || {asn}"
+            f" WHEN {org} IS NOT NULL THEN 'org:' || {org} END"
+        )
+        self._country = json_text("n.payload", "country")
+
+    # -- what a backend supplies -------------------------------------------------------------
+
+    def reading(self) -> AbstractAsyncContextManager[Connection]:
+        """A connection for reads (outside any transaction of this store's writes)."""
+        raise NotImplementedError
+
+    def transaction(self) -> AbstractAsyncContextManager[Connection]:
+        """A transaction: committed when the block ends, rolled back when it raises."""
+        raise NotImplementedError
+
+    def _quiet(self, exc: BaseException) -> bool:
+        return isinstance(exc, (*self.driver_errors, OSError, StoreError))
+
+    async def _migrate(
+        self, conn: Connection, apply: Callable[[int, str], Awaitable[None]], where: str
+    ) -> None:
+        """Apply the migrations newer than the schema (``apply``: one script and its version
+        row, in one transaction); the caller holds the backend's migration lock."""
+        await conn.execute(self.dialect.schema_version)
+        current = await self._schema_at(conn)
+        for version, script in migrations(self.dialect.name):
+            if version > current:
+                log.info("applying schema migration %04d to %s", version, where)
+                await apply(version, script)
+
+    async def _check_schema(self, conn: Connection, where: str) -> None:
+        """SchemaBehind unless the schema has the newest migration; reads, creates nothing."""
+        exists = await conn.fetch(self.dialect.has_schema_version)
+        self._require_schema(await self._schema_at(conn) if exists else 0, where)
+
+    def _require_schema(self, found: int, where: str) -> None:
+        newest = migrations(self.dialect.name)[-1][0]
+        if found < newest:
+            raise SchemaBehind(where, found, newest)
+
+    async def _schema_at(self, conn: Connection) -> int:
+        ((current,),) = await conn.fetch("SELECT coalesce(max(version), 0) FROM schema_version")
+        return int(current)
+
+    async def _fetch_any(
+        self, conn: Connection, sql: str, values: Sequence[Any], column: str, *after: Any
+    ) -> AsyncIterator[Any]:
+        """The rows of ``sql`` (``{values}``: the condition ``column`` is one of ``values``,
+        followed by the parameters ``after``)."""
+        for condition, params in self.dialect.any_of(column, values):
+            for row in await conn.fetch(sql.format(values=condition), *params, *after):
+                yield row
+
+    # -- the login path ----------------------------------------------------------------------
+
+    async def _apply_batch(self, batch: list[Op]) -> list[Outcome]:
+        async with self.transaction() as tx:
+            return await self._write_batch(tx, batch)
+
+    async def _write_batch(self, tx: Connection, batch: list[Op]) -> list[Outcome]:
+        # Every account the batch writes is locked first, in a fixed order, so that the
+        # decisions see every commit of other writers about these accounts.
+        await self.dialect.lock_accounts(
+            tx,
+            sorted({op.login.account if isinstance(op, RecordOp) else op.account for op in batch}),
+        )
+        accounts = sorted({op.login.account for op in batch if isinstance(op, RecordOp)})
+        histories: dict[str, list[KnownOrigin]] = {account: [] for account in accounts}
+        async for row in self._fetch_any(tx, SELECT_HISTORIES, accounts, "account"):
+            histories[row[7]].append(known_origin(row))
+        pending: dict[str, list[PendingNotice]] = {}
+        wanted, since = prefetch_pending(batch, histories)
+        async for row in self._fetch_any(tx, SELECT_PENDING, wanted, "n.account", since):
+            notice = PendingNotice(row[0], row[1], row[2], row[3], _text(row[4]))
+            pending.setdefault(notice.account, []).append(notice)
+        results, rows = plan_batch(batch, histories, pending)
+        for sql, values in (
+            (UPSERT_ORIGIN, rows.origins),
+            (UPSERT_ACCOUNT, rows.accounts),
+            (COUNT_FAILURE, rows.failures),
+            (INSERT_NOTICE, rows.notices),
+            (INSERT_DELIVERY, rows.deliveries),
+            (INSERT_DECISION, rows.decisions),
+            (UPDATE_PAYLOAD, rows.payloads),
+        ):
+            if values:
+                await tx.executemany(sql, values)
+        return results
+
+    # -- the queue ---------------------------------------------------------------------------
+
+    @store_errors
+    async def claim(self, owner: str, limit: int, now: float, lease_s: float) -> list[Delivery]:
+        if self.dialect.any_due is not None:
+            async with self.reading() as conn:
+                if not await conn.fetch(self.dialect.any_due, now, now):
+                    return []
+        async with self.transaction() as tx:
+            due = await self.dialect.claim_due(tx, owner, limit, now, now + lease_s)
+            ids = sorted({row[0] for row in due})
+            select = "SELECT id, payload FROM notices WHERE {values}"
+            payloads = {
+                row[0]: _text(row[1]) async for row in self._fetch_any(tx, select, ids, "id")
+            }
+        return [
+            Delivery(
+                notice=notice_from_payload(payloads[notice_id]),
+                channel=channel,
+                attempts=attempts,
+                deadline=deadline,
+                released=bool(last_error and str(last_error).startswith(RELEASED)),
+            )
+            for notice_id, channel, attempts, deadline, last_error in due
+        ]
+
+    @store_errors
+    async def finish(self, owner: str, results: Sequence[DeliveryResult], now: float) -> None:
+        if not results:
+            return
+        grouped: dict[DeliveryStatus, list[tuple[Any, ...]]] = {status: [] for status in FINISH}
+        folds: list[tuple[Any, ...]] = []
+        for r in results:
+            if r.status in (S.SENT, S.SHADOW):
+                grouped[r.status].append((now, r.notice_id, r.channel, owner))
+            elif r.status in (S.QUEUED, S.DEFERRED):
+                grouped[r.status].append(
+                    (r.error, r.next_attempt, now, r.notice_id, r.channel, owner)
+                )
+            elif r.status in (S.DEAD, S.UNDELIVERABLE, S.HELD):
+                grouped[r.status].append((r.error, now, r.notice_id, r.channel, owner))
+            elif r.status == S.FOLDED:
+                folds.append((r.folded_into, now, r.notice_id, r.channel, owner))
+            else:
+                raise StoreError(f"finish: unknown delivery status {r.status!r}")
+        async with self.transaction() as tx:
+            for status, rows in grouped.items():
+                if rows:
+                    await tx.executemany(FINISH[status], rows)
+            if folds:
+                await tx.executemany(FOLD, folds)
+
+    @store_errors
+    async def release_claims(self, owner: str, now: float) -> int:
+        async with self.transaction() as tx:
+            return await tx.execute(RELEASE_CLAIMS, now, now, owner)
+
+    @store_errors
+    async def oldest_queued(self) -> float | None:
+        async with self.reading() as conn:
+            sql = f"SELECT min(created) FROM deliveries WHERE status = '{S.QUEUED}'"
+            ((oldest,),) = await conn.fetch(sql)
+        return None if oldest is None else float(oldest)
+
+    @store_errors
+    async def outbox_counts(self) -> dict[str, int]:
+        async with self.reading() as conn:
+            rows = await conn.fetch("SELECT status, count(*) FROM deliveries GROUP BY status")
+        return {str(row[0]): int(row[1]) for row in rows}
+
+    @store_errors
+    async def list_deliveries(
+        self, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        sql = (
+            "SELECT d.notice_id, d.channel, d.status, d.attempts, d.next_attempt,"
+            f" d.last_error, n.account, n.created, n.reasons FROM {JOIN_NOTICES}"
+        )
+        params: list[Any] = []
+        if status:
+            sql += " WHERE d.status = ?"
+            params.append(status)
+        sql += " ORDER BY n.created DESC LIMIT ?"
+        async with self.reading() as conn:
+            rows = await conn.fetch(sql, *params, limit)
+        return [
+            {**dict(zip(_LISTED_KEYS, row, strict=True)), "reasons": json.loads(_text(row[8]))}
+            for row in rows
+        ]
+
+    # -- recipients and delivery rules -------------------------------------------------------
+
+    @store_errors
+    async def contact(self, account: str) -> Contact | None:
+        sql = "SELECT email, phone, language, timezone FROM contacts WHERE account = ?"
+        async with self.reading() as conn:
+            rows = await conn.fetch(sql, account)
+        return Contact(account, *rows[0]) if rows else None
+
+    @store_errors
+    async def upsert_contacts(self, contacts: Sequence[Contact], now: float) -> int:
+        sql = (
+            "INSERT INTO contacts (account, email, phone, language, timezone, updated)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (account) DO UPDATE SET"
+            " email = excluded.email, phone = excluded.phone, language = excluded.language,"
+            " timezone = excluded.timezone, updated = excluded.updated"
+        )
+        rows = [(c.account, c.email, c.phone, c.language, c.timezone, now) for c in contacts]
+        if rows:
+            async with self.transaction() as tx:
+                await tx.executemany(sql, rows)
+        return len(rows)
+
+    @store_errors
+    async def remove_contact(self, account: str) -> bool:
+        async with self.transaction() as tx:
+            return await tx.execute("DELETE FROM contacts WHERE account = ?", account) > 0
+
+    @store_errors
+    async def sent_times(self, account: str, channel: str, since: float) -> list[float]:
+        sql = (
+            "SELECT updated FROM deliveries WHERE account = ? AND channel = ?"
+            f" AND status IN {_in(S.SENT, S.SHADOW)} AND updated >= ? ORDER BY updated"
+        )
+        async with self.reading() as conn:
+            return [float(row[0]) for row in await conn.fetch(sql, account, channel, since)]
+
+    @store_errors
+    async def waiting_notices(self, account: str, channel: str, until: float) -> list[Notice]:
+        sql = (
+            f"SELECT n.payload FROM {JOIN_NOTICES} WHERE d.account = ? AND d.channel = ?"
+            f" AND d.status = '{S.QUEUED}' AND n.created <= ? ORDER BY n.created"
+        )
+        async with self.reading() as conn:
+            rows = await conn.fetch(sql, account, channel, until)
+        return [notice_from_payload(_text(row[0])) for row in rows]
+
+    # -- operators ---------------------------------------------------------------------------
+
+    @store_errors
+    async def notice_detail(self, notice_id: str) -> tuple[Notice, list[dict[str, Any]]] | None:
+        sql = (
+            f"SELECT {', '.join(_DELIVERY_KEYS)} FROM deliveries WHERE notice_id = ?"
+            " ORDER BY channel"
+        )
+        async with self.reading() as conn:
+            found = await conn.fetch("SELECT payload FROM notices WHERE id = ?", notice_id)
+            if not found:
+                return None
+            rows = await conn.fetch(sql, notice_id)
+        deliveries = [dict(zip(_DELIVERY_KEYS, row, strict=True)) for row in rows]
+        return notice_from_payload(_text(found[0][0])), deliveries
+
+    @store_errors
+    async def retry(self, notice_id: str, now: float, deadline: float) -> int:
+        sql = (
+            f"UPDATE deliveries SET status = '{S.QUEUED}', next_attempt = ?,"
+            f" deadline = {_larger('deadline', '?')}, updated = ?"
+            f" WHERE notice_id = ? AND status IN {_in(S.DEAD, S.UNDELIVERABLE)}"
+        )
+        async with self.transaction() as tx:
+            return await tx.execute(sql, now, deadline, deadline, now, notice_id)
+
+    @store_errors
+    async def purge(self, before: float) -> int:
+        sql = (
+            "DELETE FROM notices WHERE created < ? AND NOT EXISTS (SELECT 1 FROM deliveries d"
+            " WHERE d.account = notices.account AND d.notice_id = notices.id"
+            f" AND d.status IN {_in(S.QUEUED, S.SENDING, S.HELD)})"
+        )
+        async with self.transaction() as tx:
+            return await tx.execute(sql, before)
+
+    # -- controls, breaker and held notices --------------------------------------------------
+
+    @store_errors
+    async def control(self, name: str) -> dict[str, Any] | None:
+        async with self.reading() as conn:
+            rows = await conn.fetch("SELECT value FROM controls WHERE name = ?", name)
+        return dict(json.loads(_text(rows[0][0]))) if rows else None
+
+    @store_errors
+    async def set_control(
+        self, name: str, value: dict[str, Any], now: float, unless: tuple[str, Any] | None = None
+    ) -> bool:
+        sql = (
+            "INSERT INTO controls (name, value, updated) VALUES (?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated = excluded.updated"
+        )
+        params: list[Any] = [name, json.dumps(value, ensure_ascii=False), now]
+        if unless is not None:
+            # compare and set: several processes may race to change the same switch
+            condition, more = self.dialect.differs(*unless)
+            sql += f" WHERE {condition}"
+            params += more
+        async with self.transaction() as tx:
+            return await tx.execute(sql, *params) > 0
+
+    @store_errors
+    async def notice_rates(self, now: float, window_s: float, baseline_s: float) -> NoticeRates:
+        since = now - window_s
+        dialect = self.dialect
+        async with self.reading() as conn:
+
+            async def scalar(sql: str, *params: Any) -> Any:
+                ((value,),) = await conn.fetch(sql, *params)
+                return value
+
+            window = await scalar("SELECT count(*) FROM notices WHERE created >= ?", since)
+            baseline = await scalar(
+                "SELECT count(*) FROM notices WHERE created >= ? AND created < ?",
+                now - baseline_s,
+                since,
+            )
+            first = await scalar(
+                "SELECT min(created) FROM notices WHERE created >= ?", now - baseline_s
+            )
+            sql = (
+                f"SELECT r.value, count(*) FROM notices n {dialect.reason_rows}"
+                " WHERE n.created >= ? GROUP BY r.value"
+            )
+            by_reason = {str(row[0]): int(row[1]) for row in await conn.fetch(sql, since)}
+
+            async def top(expr: str, reason: str) -> tuple[str | None, int]:
+                sql = (
+                    f"SELECT k, c FROM (SELECT {expr} AS k, count(DISTINCT n.account) AS c"
+                    f" FROM notices n WHERE n.created >= ? AND {dialect.has_reason}"
+                    " GROUP BY 1) AS s WHERE k IS NOT NULL ORDER BY c DESC, k LIMIT 1"
+                )
+                rows = await conn.fetch(sql, since, reason)
+                return (str(rows[0][0]), int(rows[0][1])) if rows else (None, 0)
+
+            provider, provider_accounts = await top(self._provider, "new_provider")
+            country, country_accounts = await top(self._country, "new_country")
+        # the baseline covers the time notices have been recorded, at most baseline_s
+        span = max(0.0, since - max(now - baseline_s, first if first is not None else since))
+        return NoticeRates(
+            window=int(window or 0),
+            baseline=int(baseline or 0),
+            baseline_span_s=span,
+            by_reason=by_reason,
+            top_provider=provider,
+            top_provider_accounts=provider_accounts,
+            top_country=country,
+            top_country_accounts=country_accounts,
+        )
+
+    @store_errors
+    async def hold_queued(
+        self, since: float, channels: Sequence[str], reason: str, now: float
+    ) -> int:
+        if not channels:
+            return 0
+        held = 0
+        async with self.transaction() as tx:
+            for condition, params in self.dialect.any_of("channel", channels):
+                sql = (
+                    f"UPDATE deliveries SET status = '{S.HELD}', last_error = ?, updated = ?"
+                    f" WHERE {condition} AND status = '{S.QUEUED}' AND created >= ?"
+                )
+                held += await tx.execute(sql, reason, now, *params, since)
+        return held
+
+    def _held(self, filters: HeldFilter) -> tuple[str, list[Any]]:
+        """Conditions (on deliveries d joined to notices n) for held deliveries."""
+        sql = f"d.status = '{S.HELD}'"
+        params: list[Any] = []
+        for value, condition in (
+            (filters.reason, self.dialect.has_reason),
+            (filters.provider, f"{self._provider} = ?"),
+            (filters.country.upper(), f"{self._country} = ?"),
+            (filters.account, "d.account = ?"),
+        ):
+            if value:
+                sql += f" AND {condition}"
+                params.append(value)
+        return sql, params
+
+    @store_errors
+    async def held_summary(self, filters: HeldFilter) -> dict[str, dict[str, int]]:
+        where, params = self._held(filters)
+        summary: dict[str, dict[str, int]] = {}
+        async with self.reading() as conn:
+            for name, expr, source in (
+                ("reason", "r.value", f"{JOIN_NOTICES} {self.dialect.reason_rows}"),
+                ("provider", self._provider, JOIN_NOTICES),
+                ("country", self._country, JOIN_NOTICES),
+                ("channel", "d.channel", JOIN_NOTICES),
+            ):
+                sql = (
+                    f"SELECT coalesce({expr}, 'unknown'), count(*) FROM {source}"
+                    f" WHERE {where} GROUP BY 1 ORDER BY 2 DESC, 1"
+                )
+                rows = await conn.fetch(sql, *params)
+                summary[name] = {str(row[0]): int(row[1]) for row in rows}
+        return summary
+
+    @store_errors
+    async def release_held(
+        self, filters: HeldFilter, now: float, per_second: float, note: str = RELEASED
+    ) -> int:
+        where, params = self._held(filters)
+        select = (
+            f"SELECT d.account, d.notice_id, d.channel FROM {JOIN_NOTICES} WHERE {where}"
+            f" ORDER BY n.created, d.notice_id, d.channel{self.dialect.lock_rows}"
+        )
+        # released notices go out at a bounded rate, oldest first, not as one burst
+        update = (
+            f"UPDATE deliveries SET status = '{S.QUEUED}', next_attempt = ?,"
+            f" deadline = {_larger('deadline', '?')}, last_error = ?, updated = ?"
+            f" WHERE account = ? AND notice_id = ? AND channel = ? AND status = '{S.HELD}'"
+        )
+        async with self.transaction() as tx:
+            found = await tx.fetch(select, *params)
+            rows = []
+            for i, (account, notice_id, channel) in enumerate(found):
+                at = now + i / per_second
+                rows.append(
+                    (at, at + 86400.0, at + 86400.0, note, now, account, notice_id, channel)
+                )
+            if rows:
+                await tx.executemany(update, rows)
+        # the rows were read in this transaction, locked: each of them changed
+        return len(rows)
+
+    @store_errors
+    async def discard_held(self, filters: HeldFilter, note: str, now: float) -> int:
+        where, params = self._held(filters)
+        sql = (
+            f"UPDATE deliveries SET status = '{S.DISCARDED}', last_error = ?, updated = ?"
+            " WHERE (account, notice_id, channel) IN (SELECT d.account, d.notice_id, d.channel"
+            f" FROM {JOIN_NOTICES} WHERE {where})"
+        )
+        async with self.transaction() as tx:
+            return await tx.execute(sql, note, now, *params)
+
+    @store_errors
+    async def sample_origins(self, limit: int) -> list[tuple[str, str | None, str | None]]:
+        sql = "SELECT prefix, country, provider FROM origins ORDER BY random() LIMIT ?"
+        async with self.reading() as conn:
+            rows = await conn.fetch(sql, limit)
+        return [(str(r[0]), r[1] or None, r[2] or None) for r in rows]
+
+    # -- privacy and history -----------------------------------------------------------------
+
+    @store_errors
+    async def account_record(self, account: str, decisions: int = 50) -> dict[str, Any] | None:
+        contact = await self.contact(account)
+        async with self.reading() as conn:
+            found = await conn.fetch_dicts(
+                "SELECT account, first_seen, last_seen, logins, failures, last_failure"
+                " FROM accounts WHERE account = ?",
+                account,
+            )
+            if not found and contact is None:
+                return None
+            origins = await conn.fetch_dicts(
+                f"SELECT {_ORIGIN_COLUMNS} FROM origins WHERE account = ? ORDER BY last_seen DESC",
+                account,
+            )
+            recent = await conn.fetch_dicts(
+                "SELECT at, protocol, prefix, country, provider, network, reasons, notified, note,"
+                " notice_id FROM decisions WHERE account = ?"
+                f" ORDER BY at DESC, {self.dialect.decision_order} DESC LIMIT ?",
+                account,
+                decisions,
+            )
+            notices = await conn.fetch(
+                "SELECT payload FROM notices WHERE account = ? ORDER BY created DESC", account
+            )
+        for row in origins:
+            row["country"] = row["country"] or None
+            row["provider"] = row["provider"] or None
+        for row in recent:
+            row["reasons"] = json.loads(_text(row["reasons"]))
+            row["notified"] = bool(row["notified"])
+        return {
+            "account": found[0] if found else {"account": account},
+            "contact": None
+            if contact is None
+            else {
+                "email": contact.email,
+                "phone": contact.phone,
+                "language": contact.language,
+                "timezone": contact.timezone,
+            },
+            "origins": origins,
+            "decisions": recent,
+            "notices": [json.loads(_text(row[0])) for row in notices],
+        }
+
+    @store_errors
+    async def forget(self, account: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        async with self.transaction() as tx:
+            # the lock a login batch takes: no login of the account commits half-forgotten
+            await self.dialect.lock_accounts(tx, [account])
+            for table in ("origins", "decisions", "notices", "contacts", "accounts"):
+                # deliveries go with their notices (ON DELETE CASCADE)
+                counts[table] = await tx.execute(f"DELETE FROM {table} WHERE account = ?", account)
+        return counts
+
+    @store_errors
+    async def housekeeping(
+        self, now: float, address_retention_s: float, purge_origins_after_s: float
+    ) -> dict[str, int]:
+        purge = (
+            "DELETE FROM origins WHERE last_seen < (SELECT max(o.last_seen) FROM origins o"
+            " WHERE o.account = origins.account) - ?"
+        )
+        async with self.transaction() as tx:
+            cut = await tx.execute(self.dialect.scrub_addresses, now - address_retention_s)
+            purged = await tx.execute(purge, purge_origins_after_s)
+        return {"addresses_cut": cut, "origins_purged": purged}
