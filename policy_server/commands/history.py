@@ -16,6 +16,7 @@ from ..accounts import normalize_login
 from ..config import Config
 from ..model import History, KnownOrigin
 from ..policy import live_origins
+from ..store.base import AccountRecord
 from .cli import Handler, Subparsers, add_command, add_group, config_command
 from .session import store_session
 
@@ -59,7 +60,7 @@ def _short(value: float | None) -> str:
     return (_iso(value) or "-").replace("T", " ").replace("+00:00", "Z")
 
 
-async def _record(config: Config, login: str) -> dict[str, Any] | None:
+async def _record(config: Config, login: str) -> AccountRecord | None:
     async with store_session(config) as store:
         return await store.account_record(normalize_login(login, config.accounts))
 

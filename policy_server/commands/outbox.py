@@ -152,7 +152,10 @@ async def outbox_show(config: Config, notice_id: str, out: TextIO | None = None)
         contact = await store.contact(notice.account)
     renderer = Renderer(config.message)
     by_name = {c.name: c for c in config.channels}
-    for delivery in deliveries:
+    shown: list[dict[str, Any]] = []
+    for state in deliveries:
+        delivery: dict[str, Any] = dict(state)
+        shown.append(delivery)
         channel_config = by_name.get(delivery["channel"])
         if channel_config is None:
             delivery["message"] = None
@@ -177,7 +180,7 @@ async def outbox_show(config: Config, notice_id: str, out: TextIO | None = None)
         }
     print(
         json.dumps(
-            {"notice": _notice_json(notice), "deliveries": deliveries}, ensure_ascii=False, indent=2
+            {"notice": _notice_json(notice), "deliveries": shown}, ensure_ascii=False, indent=2
         ),
         file=out,
     )

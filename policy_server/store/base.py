@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypedDict, runtime_checkable
 
 from ..model import History, KnownOrigin, Notice, Origin
 from ..policy import Decision
@@ -121,6 +121,43 @@ class DeliveryResult:
     error: str | None = None
     next_attempt: float | None = None
     folded_into: str | None = None
+
+
+class DeliveryState(TypedDict):
+    """One delivery of a notice, as ``outbox show`` lists it."""
+
+    channel: str
+    status: str
+    attempts: int
+    next_attempt: float | None
+    deadline: float | None
+    last_error: str | None
+    folded_into: str | None
+    updated: float | None
+
+
+class ListedDelivery(TypedDict):
+    """One delivery with its notice's facts, as ``outbox list`` shows it."""
+
+    id: str
+    channel: str
+    status: str
+    attempts: int
+    next_attempt: float | None
+    last_error: str | None
+    account: str
+    created: float
+    reasons: list[str]
+
+
+class AccountRecord(TypedDict):
+    """Everything stored about one account, JSON-ready (``history export``)."""
+
+    account: dict[str, Any]
+    contact: dict[str, str | None] | None
+    origins: list[dict[str, Any]]
+    decisions: list[dict[str, Any]]
+    notices: list[dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,7 +343,7 @@ class OperatorStore(Controls, Protocol):
         """Delete an account's contact row; False when there was none."""
         ...
 
-    async def notice_detail(self, notice_id: str) -> tuple[Notice, list[dict[str, Any]]] | None:
+    async def notice_detail(self, notice_id: str) -> tuple[Notice, list[DeliveryState]] | None:
         """A notice and its deliveries (channel, status, attempts, errors)."""
         ...
 
@@ -337,7 +374,7 @@ class OperatorStore(Controls, Protocol):
         """Up to ``limit`` random known origins as (prefix, country, provider)."""
         ...
 
-    async def account_record(self, account: str, decisions: int = 50) -> dict[str, Any] | None:
+    async def account_record(self, account: str, decisions: int = 50) -> AccountRecord | None:
         """Everything stored about an account (row, contact, origins, recent decisions,
         notices), as JSON-ready data; None when nothing is."""
         ...
@@ -356,7 +393,7 @@ class OperatorStore(Controls, Protocol):
 
     async def list_deliveries(
         self, status: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
+    ) -> list[ListedDelivery]:
         """Recent deliveries with their notice's facts, newest first, for operators."""
         ...
 

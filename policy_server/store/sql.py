@@ -18,18 +18,21 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from importlib import resources
-from typing import Any, ClassVar, Concatenate, ParamSpec, Protocol, TypeVar
+from typing import Any, ClassVar, Concatenate, ParamSpec, Protocol, TypeVar, cast
 
 from ..config import StorageConfig
 from ..model import KnownOrigin, Notice
 from .base import (
     RELEASED,
     UNDELIVERED,
+    AccountRecord,
     Contact,
     Delivery,
     DeliveryResult,
+    DeliveryState,
     DeliveryStatus,
     HeldFilter,
+    ListedDelivery,
     NoticeRates,
     Outcome,
     SchemaBehind,
@@ -429,7 +432,7 @@ class SQLStore(GroupCommit, Store):
     @store_errors
     async def list_deliveries(
         self, status: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
+    ) -> list[ListedDelivery]:
         sql = (
             "SELECT d.notice_id, d.channel, d.status, d.attempts, d.next_attempt,"
             f" d.last_error, n.account, n.created, n.reasons FROM {JOIN_NOTICES}"
@@ -442,7 +445,10 @@ class SQLStore(GroupCommit, Store):
         async with self.reading() as conn:
             rows = await conn.fetch(sql, *params, limit)
         return [
-            {**dict(zip(_LISTED_KEYS, row, strict=True)), "reasons": json.loads(_text(row[8]))}
+            cast(
+                ListedDelivery,
+                {**dict(zip(_LISTED_KEYS, row, strict=True)), "reasons": json.loads(_text(row[8]))},
+            )
             for row in rows
         ]
 
@@ -496,7 +502,7 @@ class SQLStore(GroupCommit, Store):
     # -- operators ---------------------------------------------------------------------------
 
     @store_errors
-    async def notice_detail(self, notice_id: str) -> tuple[Notice, list[dict[str, Any]]] | None:
+    async def notice_detail(self, notice_id: str) -> tuple[Notice, list[DeliveryState]] | None:
         sql = (
             f"SELECT {', '.join(_DELIVERY_KEYS)} FROM deliveries WHERE notice_id = ?"
             " ORDER BY channel"
@@ -506,7 +512,9 @@ class SQLStore(GroupCommit, Store):
             if not found:
                 return None
             rows = await conn.fetch(sql, notice_id)
-        deliveries = [dict(zip(_DELIVERY_KEYS, row, strict=True)) for row in rows]
+        deliveries = [
+            cast(DeliveryState, dict(zip(_DELIVERY_KEYS, row, strict=True))) for row in rows
+        ]
         return notice_from_payload(_text(found[0][0])), deliveries
 
     @store_errors
@@ -702,7 +710,7 @@ class SQLStore(GroupCommit, Store):
     # -- privacy and history -----------------------------------------------------------------
 
     @store_errors
-    async def account_record(self, account: str, decisions: int = 50) -> dict[str, Any] | None:
+    async def account_record(self, account: str, decisions: int = 50) -> AccountRecord | None:
         contact = await self.contact(account)
         async with self.reading() as conn:
             found = await conn.fetch_dicts(
