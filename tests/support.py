@@ -155,3 +155,50 @@ async def scripted_peer(
     server = await aiohttp_server(app)
     state["peer"] = ScriptedPeer(server, path, default)
     return state["peer"]
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def service_config(
+    path: Path,
+    *,
+    port: int,
+    geo: dict[str, Path],
+    storage: dict[str, Any],
+    sink_url: str,
+    asn: str = "asn_mmdb",
+    **sections: dict[str, Any],
+) -> Path:
+    """Write the TOML config of a ``policy-server`` child process: the fixture geo data, the
+    given store, a fast queue, no hold, no per-account limit, no breaker, no metrics listener,
+    one webhook channel to ``sink_url``; ``sections`` add or override keys by section
+    (``channel`` for the webhook channel's)."""
+    data: dict[str, dict[str, Any]] = {
+        "server": {"listen": f"127.0.0.1:{port}"},
+        "geoip": {"country_db": geo["country_mmdb"], "asn_db": geo[asn], "bundled": False},
+        "storage": storage,
+        "queue": {"poll_interval_s": 0.1},
+        "delivery": {"hold_s": 0, "throttle": []},
+        "breaker": {"enabled": False},
+        "metrics": {"enabled": False},
+    }
+    channel: dict[str, Any] = {"type": "webhook", "url": sink_url}
+    for name, values in sections.items():
+        if name == "channel":
+            channel.update(values)
+        else:
+            data[name] = {**data.get(name, {}), **values}
+    lines: list[str] = []
+    for name, values in [*data.items(), ("[channels]", channel)]:
+        lines.append(f"[{name}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from support import Sink, free_port
+from support import Sink, free_port, service_config
 from test_restart import Service
 
 pytestmark = pytest.mark.slow
@@ -68,37 +68,16 @@ class Node(Service):
 
 
 def write_config(path: Path, port: int, schema: str, geo: dict[str, Path], sink: str) -> Path:
-    path.write_text(
-        f"""
-[server]
-listen = "127.0.0.1:{port}"
-# answer only after the commit: an acknowledged login is a recorded one
-request_budget_ms = 1900
-[geoip]
-country_db = "{geo["country_mmdb"]}"
-asn_db = "{geo["asn_mmdb"]}"
-bundled = false
-[storage]
-backend = "postgres"
-dsn = "{DSN}"
-schema = "{schema}"
-[queue]
-poll_interval_s = 0.1
-lease_s = 5
-[delivery]
-hold_s = 0
-throttle = []
-[breaker]
-enabled = false
-[metrics]
-enabled = false
-[[channels]]
-type = "webhook"
-url = "{sink}"
-""",
-        encoding="utf-8",
+    return service_config(
+        path,
+        port=port,
+        geo=geo,
+        storage={"backend": "postgres", "dsn": DSN, "schema": schema},
+        sink_url=sink,
+        # answer only after the commit: an acknowledged login is a recorded one
+        server={"request_budget_ms": 1900},
+        queue={"lease_s": 5},
     )
-    return path
 
 
 async def query(schema: str, sql: str) -> list[Any]:

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import Sink, free_port
+from support import Sink, free_port, service_config
 from test_restart import Service
 
 pytestmark = pytest.mark.slow
@@ -26,36 +26,18 @@ pytestmark = pytest.mark.slow
 DOCUMENTED = {200, 400, 401, 405, 413}
 
 
-def config_text(
-    port: int, db: Path, geo: dict[str, Path], sink_url: str, budget_ms: int = 500
-) -> str:
-    return f"""
-[server]
-listen = "127.0.0.1:{port}"
-max_body_bytes = 65536
-request_budget_ms = {budget_ms}
-[geoip]
-country_db = "{geo["country_mmdb"]}"
-asn_db = "{geo["asn_mmdb"]}"
-bundled = false
-[storage]
-path = "{db}"
-[queue]
-poll_interval_s = 0.1
-backoff_base_s = 0.1
-backoff_max_s = 0.5
-lease_s = 2
-[delivery]
-hold_s = 0
-throttle = []
-[breaker]
-enabled = false
-[metrics]
-enabled = false
-[[channels]]
-type = "webhook"
-url = "{sink_url}"
-"""
+def write_config(
+    path: Path, port: int, db: Path, geo: dict[str, Path], sink_url: str, budget_ms: int = 500
+) -> None:
+    service_config(
+        path,
+        port=port,
+        geo=geo,
+        storage={"path": db},
+        sink_url=sink_url,
+        server={"max_body_bytes": 65536, "request_budget_ms": budget_ms},
+        queue={"backoff_base_s": 0.1, "backoff_max_s": 0.5, "lease_s": 2},
+    )
 
 
 class Process(Service):
@@ -81,10 +63,7 @@ def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     port = free_port()
     config = base / "policy.toml"
     # notices go nowhere: a closed port; the fuzzing is about the requests
-    config.write_text(
-        config_text(port, base / "store.sqlite3", geo, f"http://127.0.0.1:{free_port()}/"),
-        encoding="utf-8",
-    )
+    write_config(config, port, base / "store.sqlite3", geo, f"http://127.0.0.1:{free_port()}/")
     service = Process(config, port, base / "service.log")
     service.start()
     asyncio.run(service.ready())
@@ -191,7 +170,7 @@ async def test_sigkill_again_and_again_under_load_loses_nothing_acknowledged(
     port = free_port()
     db = tmp_path / "store.sqlite3"
     config = tmp_path / "policy.toml"
-    config.write_text(config_text(port, db, geo_files, sink.url), encoding="utf-8")
+    write_config(config, port, db, geo_files, sink.url)
     acknowledged: set[str] = set()
     for round_ in range(3):
         service = Process(config, port, tmp_path / "service.log")
@@ -238,7 +217,7 @@ async def test_a_receiver_that_is_down_costs_logins_nothing_and_loses_nothing(
     url = f"http://127.0.0.1:{sink_port}/notify"
     port = free_port()
     config = tmp_path / "policy.toml"
-    config.write_text(config_text(port, tmp_path / "s.sqlite3", geo_files, url), encoding="utf-8")
+    write_config(config, port, tmp_path / "s.sqlite3", geo_files, url)
     service = Process(config, port, tmp_path / "service.log")
     service.start()
     try:
@@ -270,7 +249,7 @@ async def test_a_locked_store_fails_open_in_budget_and_recovers(
     port = free_port()
     db = tmp_path / "s.sqlite3"
     config = tmp_path / "policy.toml"
-    config.write_text(config_text(port, db, geo_files, sink.url, budget_ms=300), encoding="utf-8")
+    write_config(config, port, db, geo_files, sink.url, budget_ms=300)
     service = Process(config, port, tmp_path / "service.log")
     service.start()
     try:
@@ -311,9 +290,7 @@ async def test_slow_and_idle_clients_do_not_starve_others(
 ) -> None:
     port = free_port()
     config = tmp_path / "policy.toml"
-    config.write_text(
-        config_text(port, tmp_path / "s.sqlite3", geo_files, sink.url), encoding="utf-8"
-    )
+    write_config(config, port, tmp_path / "s.sqlite3", geo_files, sink.url)
     service = Process(config, port, tmp_path / "service.log")
     service.start()
     idle: list[socket.socket] = []

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from support import Sink, free_port
+from support import Sink, free_port, service_config
 
 pytestmark = pytest.mark.slow
 
@@ -75,32 +75,15 @@ def service_factory(tmp_path: Path, geo_files: dict[str, Path]) -> Iterator[Any]
     def make(sink_url: str, lease_s: float = 60.0) -> Service:
         port = free_port()
         config = tmp_path / "policy.toml"
-        config.write_text(
-            f"""
-[server]
-listen = "127.0.0.1:{port}"
-[geoip]
-country_db = "{geo_files["country_mmdb"]}"
-asn_db = "{geo_files["ipasn"]}"
-bundled = false
-[storage]
-path = "{tmp_path / "store.sqlite3"}"
-[queue]
-poll_interval_s = 0.1
-backoff_base_s = 0.1
-backoff_max_s = 0.5
-lease_s = {lease_s}
-[delivery]
-hold_s = 0
-throttle = []
-[metrics]
-enabled = false
-[[channels]]
-type = "webhook"
-url = "{sink_url}"
-timeout_s = 30
-""",
-            encoding="utf-8",
+        service_config(
+            config,
+            port=port,
+            geo=geo_files,
+            storage={"path": tmp_path / "store.sqlite3"},
+            sink_url=sink_url,
+            asn="ipasn",
+            queue={"backoff_base_s": 0.1, "backoff_max_s": 0.5, "lease_s": lease_s},
+            channel={"timeout_s": 30},
         )
         service = Service(config, port, tmp_path / "service.log")
         started.append(service)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from support import Sink, free_port
+from support import Sink, free_port, service_config
 from test_restart import Service
 
 pytestmark = pytest.mark.slow
@@ -49,31 +49,7 @@ async def test_two_processes_share_the_port_and_deliver_each_notice_once(
     port = free_port()
     config = tmp_path / "policy.toml"
     db = tmp_path / "store.sqlite3"
-    config.write_text(
-        f"""
-[server]
-listen = "127.0.0.1:{port}"
-[geoip]
-country_db = "{geo_files["country_mmdb"]}"
-asn_db = "{geo_files["asn_mmdb"]}"
-bundled = false
-[storage]
-path = "{db}"
-[queue]
-poll_interval_s = 0.1
-[delivery]
-hold_s = 0
-throttle = []
-[breaker]
-enabled = false
-[metrics]
-enabled = false
-[[channels]]
-type = "webhook"
-url = "{sink.url}"
-""",
-        encoding="utf-8",
-    )
+    service_config(config, port=port, geo=geo_files, storage={"path": db}, sink_url=sink.url)
     service = Workers(config, port, tmp_path / "service.log")
     service.start()
     try:
@@ -140,29 +116,7 @@ async def test_serve_without_worker_and_a_separate_worker_process(
     port = free_port()
     config = tmp_path / "policy.toml"
     db = tmp_path / "store.sqlite3"
-    config.write_text(
-        f"""
-[server]
-listen = "127.0.0.1:{port}"
-[geoip]
-country_db = "{geo_files["country_mmdb"]}"
-asn_db = "{geo_files["asn_mmdb"]}"
-bundled = false
-[storage]
-path = "{db}"
-[queue]
-poll_interval_s = 0.1
-[delivery]
-hold_s = 0
-throttle = []
-[metrics]
-enabled = false
-[[channels]]
-type = "webhook"
-url = "{sink.url}"
-""",
-        encoding="utf-8",
-    )
+    service_config(config, port=port, geo=geo_files, storage={"path": db}, sink_url=sink.url)
     migrate = subprocess.run(
         [sys.executable, "-m", "policy_server", "migrate", "-c", str(config)],
         capture_output=True,
