@@ -107,6 +107,10 @@ def test_request_and_queue_queries_use_indexes(tmp_path: Path) -> None:
         "joined payload": (sql.UPDATE_PAYLOAD, ("{}", "a", "n")),
         "finish": (sql.FINISH[DeliveryStatus.SENT], (0.0, "n", "c", "o")),
         "fold": (sql.FOLD, ("n", 0.0, "m", "c", "o")),
+        "waiting notices": (
+            sql.SELECT_WAITING.format(join=impl.SQLiteDialect.join_notices),
+            ("a", "c", 0.0),
+        ),
     }
     with contextlib.closing(sqlite3.connect(tmp_path / "plan.sqlite3")) as conn, conn:
         for name, (statement, params) in statements.items():
@@ -114,3 +118,6 @@ def test_request_and_queue_queries_use_indexes(tmp_path: Path) -> None:
             details = [row[3] for row in plan]
             scans = [d for d in details if d.startswith("SCAN") and "json_each" not in d]
             assert not scans, f"{name}: {details}"
+            # a join reaches each notice by its key, never through all notices of the account
+            if "JOIN notices" in statement:
+                assert any("n USING PRIMARY KEY" in d for d in details), f"{name}: {details}"

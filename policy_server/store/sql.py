@@ -86,6 +86,10 @@ class Dialect:
     lock_rows: ClassVar[str] = ""
     #: the decisions' column in insertion order, after their time
     decision_order: ClassVar[str]
+    #: deliveries ``d`` with their notices ``n``, joined on the notices' primary key
+    join_notices: ClassVar[str] = (
+        "deliveries d JOIN notices n ON n.account = d.account AND n.id = d.notice_id"
+    )
     #: joined after ``notices n``: one row ``r.value`` per reason of the notice
     reason_rows: ClassVar[str]
     #: a condition with one parameter: the notice ``n`` has that reason
@@ -153,6 +157,12 @@ SELECT_PENDING = (
     " AND EXISTS (SELECT 1 FROM deliveries d WHERE d.account = n.account"
     f"  AND d.notice_id = n.id AND d.status IN {_in(*UNDELIVERED)})"
 )
+# An account's notices still queued for a channel, created up to the parameter ({join}: the
+# dialect's deliveries-with-notices join)
+SELECT_WAITING = (
+    "SELECT n.payload FROM {join} WHERE d.account = ? AND d.channel = ?"
+    f" AND d.status = '{S.QUEUED}' AND n.created <= ? ORDER BY n.created"
+)
 UPSERT_ORIGIN = (
     "INSERT INTO origins (account, prefix, country, provider, as_org, first_seen, last_seen,"
     " count) VALUES (?, ?, ?, ?, ?, ?, ?, 1)"
@@ -213,7 +223,6 @@ RELEASE_CLAIMS = (
     f"UPDATE deliveries SET status = '{S.QUEUED}', {_UNCLAIM}, attempts = {_GIVE_BACK},"
     f" next_attempt = ?, updated = ? WHERE status = '{S.SENDING}' AND claimed_by = ?"
 )
-JOIN_NOTICES = "deliveries d JOIN notices n ON n.account = d.account AND n.id = d.notice_id"
 _DELIVERY_KEYS = (
     "channel",
     "status",
@@ -435,7 +444,7 @@ class SQLStore(GroupCommit, Store):
     ) -> list[ListedDelivery]:
         sql = (
             "SELECT d.notice_id, d.channel, d.status, d.attempts, d.next_attempt,"
-            f" d.last_error, n.account, n.created, n.reasons FROM {JOIN_NOTICES}"
+            f" d.last_error, n.account, n.created, n.reasons FROM {self.dialect.join_notices}"
         )
         params: list[Any] = []
         if status:
@@ -491,10 +500,7 @@ class SQLStore(GroupCommit, Store):
 
     @store_errors
     async def waiting_notices(self, account: str, channel: str, until: float) -> list[Notice]:
-        sql = (
-            f"SELECT n.payload FROM {JOIN_NOTICES} WHERE d.account = ? AND d.channel = ?"
-            f" AND d.status = '{S.QUEUED}' AND n.created <= ? ORDER BY n.created"
-        )
+        sql = SELECT_WAITING.format(join=self.dialect.join_notices)
         async with self.reading() as conn:
             rows = await conn.fetch(sql, account, channel, until)
         return [notice_from_payload(_text(row[0])) for row in rows]
@@ -648,10 +654,10 @@ class SQLStore(GroupCommit, Store):
         summary: dict[str, dict[str, int]] = {}
         async with self.reading() as conn:
             for name, expr, source in (
-                ("reason", "r.value", f"{JOIN_NOTICES} {self.dialect.reason_rows}"),
-                ("provider", self._provider, JOIN_NOTICES),
-                ("country", self._country, JOIN_NOTICES),
-                ("channel", "d.channel", JOIN_NOTICES),
+                ("reason", "r.value", f"{self.dialect.join_notices} {self.dialect.reason_rows}"),
+                ("provider", self._provider, self.dialect.join_notices),
+                ("country", self._country, self.dialect.join_notices),
+                ("channel", "d.channel", self.dialect.join_notices),
             ):
                 sql = (
                     f"SELECT coalesce({expr}, 'unknown'), count(*) FROM {source}"
@@ -667,7 +673,8 @@ class SQLStore(GroupCommit, Store):
     ) -> int:
         where, params = self._held(filters)
         select = (
-            f"SELECT d.account, d.notice_id, d.channel FROM {JOIN_NOTICES} WHERE {where}"
+            "SELECT d.account, d.notice_id, d.channel"
+            f" FROM {self.dialect.join_notices} WHERE {where}"
             f" ORDER BY n.created, d.notice_id, d.channel{self.dialect.lock_rows}"
         )
         # released notices go out at a bounded rate, oldest first, not as one burst
@@ -695,7 +702,7 @@ class SQLStore(GroupCommit, Store):
         sql = (
             f"UPDATE deliveries SET status = '{S.DISCARDED}', last_error = ?, updated = ?"
             " WHERE (account, notice_id, channel) IN (SELECT d.account, d.notice_id, d.channel"
-            f" FROM {JOIN_NOTICES} WHERE {where})"
+            f" FROM {self.dialect.join_notices} WHERE {where})"
         )
         async with self.transaction() as tx:
             return await tx.execute(sql, note, now, *params)

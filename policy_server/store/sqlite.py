@@ -56,6 +56,9 @@ class SQLiteDialect(Dialect):
 
     name = "sqlite"
     decision_order = "rowid"
+    # notices are keyed by id alone here: with the account in the join too, SQLite walks all
+    # of an account's notices for each delivery (a queue of one busy account goes quadratic)
+    join_notices = "deliveries d JOIN notices n ON n.id = d.notice_id"
 
     # -- the queue: an idle queue is the common case, so a read says so without taking the
     # write lock, and polling never competes with the logins' commits
