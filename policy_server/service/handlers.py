@@ -104,13 +104,7 @@ async def policy_endpoint(request: web.Request) -> web.Response:
     try:
         started = recorder.begin(event, received)
     except Exception as exc:
-        return _fail_open(
-            stats,
-            logging.ERROR,
-            f"error:{type(exc).__name__}",
-            "report failed, answered status 0: %s",
-            exc,
-        )
+        return _report_failed(stats, exc)
     if isinstance(started, Outcome):
         _count_outcome(stats, started)
         return _answer(REPORT_ANSWER)
@@ -128,13 +122,7 @@ async def policy_endpoint(request: web.Request) -> web.Response:
             budget * 1000,
         )
     except Exception as exc:
-        return _fail_open(
-            stats,
-            logging.ERROR,
-            f"error:{type(exc).__name__}",
-            "report failed, answered status 0: %s",
-            exc,
-        )
+        return _report_failed(stats, exc)
     _count_outcome(stats, outcome)
     return _answer(REPORT_ANSWER)
 
@@ -145,6 +133,17 @@ def _fail_open(stats: Stats, level: int, key: str, msg: str, *args: object) -> w
     stats.count("report", "fail_open")
     _limited.log(level, key, msg, *args)
     return _answer(REPORT_ANSWER)
+
+
+def _report_failed(stats: Stats, exc: Exception) -> web.Response:
+    """Anything that went wrong with a report: answered status 0, its kind counted and logged."""
+    return _fail_open(
+        stats,
+        logging.ERROR,
+        f"error:{type(exc).__name__}",
+        "report failed, answered status 0: %s",
+        exc,
+    )
 
 
 def _count_outcome(stats: Stats, outcome: Outcome) -> None:
