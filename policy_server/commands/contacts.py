@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 import time
@@ -122,13 +123,7 @@ async def contacts_show(config: Config, login: str, out: TextIO | None = None) -
 
 
 def _contact(contact: Contact) -> dict[str, Any]:
-    return {
-        "account": contact.account,
-        "email": contact.email,
-        "phone": contact.phone,
-        "language": contact.language,
-        "timezone": contact.timezone,
-    }
+    return dataclasses.asdict(contact)
 
 
 async def contacts_remove(config: Config, login: str, out: TextIO | None = None) -> int:

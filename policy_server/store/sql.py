@@ -223,27 +223,9 @@ RELEASE_CLAIMS = (
     f"UPDATE deliveries SET status = '{S.QUEUED}', {_UNCLAIM}, attempts = {_GIVE_BACK},"
     f" next_attempt = ?, updated = ? WHERE status = '{S.SENDING}' AND claimed_by = ?"
 )
-_DELIVERY_KEYS = (
-    "channel",
-    "status",
-    "attempts",
-    "next_attempt",
-    "deadline",
-    "last_error",
-    "folded_into",
-    "updated",
-)
-_LISTED_KEYS = (
-    "id",
-    "channel",
-    "status",
-    "attempts",
-    "next_attempt",
-    "last_error",
-    "account",
-    "created",
-    "reasons",
-)
+# the columns of the operator views, in the order of their typed rows
+_DELIVERY_KEYS = tuple(DeliveryState.__annotations__)
+_LISTED_KEYS = tuple(ListedDelivery.__annotations__)
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
