@@ -104,6 +104,8 @@ with warnings.catch_warnings():
         path: str = "var/policy-server.sqlite3"
         group_commit_wait_ms: float = Field(default=2.0, ge=0, le=100)
         group_commit_max_batch: int = Field(default=256, ge=1, le=10_000)
+        # reports waiting for their write (read or commit) at most: more are answered status 0
+        max_pending_writes: int = Field(default=10_000, ge=1, le=1_000_000)
         busy_timeout_ms: int = Field(default=5000, ge=0, le=60_000)
         synchronous: Literal["normal", "full"] = "normal"
         # PostgreSQL: the connection string, the schema holding the tables, the pool's size
@@ -112,6 +114,8 @@ with warnings.catch_warnings():
             default="public", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
         )
         pool_size: int = Field(default=10, ge=1, le=1000)
+        # a statement (and a round trip) that takes longer fails; its connection is replaced
+        command_timeout_s: float = Field(default=10.0, gt=0, le=600)
 
         @field_validator("dsn")
         @classmethod
@@ -279,6 +283,9 @@ class QueueConfig(_Model):
     deadline_s: float = Field(default=2 * 86400.0, gt=0)
     # at shutdown, deliveries in flight get this long to finish; the rest go back to the queue
     stop_timeout_s: float = Field(default=10.0, ge=0, le=300)
+    # the worker's name in claims: "" is the host's name; each process on a node takes a slot
+    # of it ("mail1/0", "mail1/1"), so a restarted process knows its predecessor's claims
+    worker_id: str = Field(default="", max_length=100, pattern=r"^[^#/\s]*$")
 
 
 RecipientFallback = Literal["none", "login", "template"]

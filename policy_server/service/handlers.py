@@ -17,9 +17,9 @@ from aiohttp import web
 from ..logs import RateLimitedLog
 from ..model import Command
 from ..protocol import ALLOW_ANSWER, REPORT_ANSWER, ProtocolError, parse_request
-from ..store.base import Outcome
+from ..store.base import Outcome, Overloaded
 from . import keys
-from .stats import Stats
+from .stats import Stats, command_label
 
 log = logging.getLogger("policy_server.http")
 _limited = RateLimitedLog(log)
@@ -50,8 +50,7 @@ async def timed_endpoint(request: web.Request) -> web.Response:
     response = await policy_endpoint(request)
     metrics = request.app[keys.STATS].metrics
     if metrics is not None:
-        command = request.query.get("command", "")
-        label = command if command in ("allow", "report") else "other"
+        label = command_label(request.query.get("command", ""))
         metrics.latency.labels(label).observe(time.perf_counter() - started)
     return response
 
@@ -61,7 +60,7 @@ async def policy_endpoint(request: web.Request) -> web.Response:
     stats = app[keys.STATS]
     command = request.query.get("command", "")
     if request.method != "POST":
-        stats.count(command or "-", "bad_method")
+        stats.count(command, "bad_method")
         response = _error(
             ProtocolError("method_not_allowed", f"{request.method} is not allowed; use POST", 405),
             request,
@@ -69,28 +68,28 @@ async def policy_endpoint(request: web.Request) -> web.Response:
         response.headers["Allow"] = "POST"
         return response
     if not app[keys.AUTH].allows(request.headers):
-        stats.count(command or "-", "unauthorized")
+        stats.count(command, "unauthorized")
         return _error(
             ProtocolError("unauthorized", "missing or wrong API header / Basic auth", 401),
             request,
         )
     limit = app[keys.CONFIG].server.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
-        stats.count(command or "-", "too_large")
+        stats.count(command, "too_large")
         return _error(
             ProtocolError("body_too_large", f"body over the {limit}-byte limit", 413), request
         )
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        stats.count(command or "-", "too_large")
+        stats.count(command, "too_large")
         return _error(
             ProtocolError("body_too_large", f"body over the {limit}-byte limit", 413), request
         )
     try:
         event = parse_request(command, body)
     except ProtocolError as exc:
-        stats.count(command or "-", exc.code)
+        stats.count(command, exc.code)
         return _error(exc, request)
     for repair in event.repairs:
         _limited.log(logging.WARNING, "repaired", "request from %s: %s", request.remote, repair)
@@ -115,8 +114,8 @@ async def policy_endpoint(request: web.Request) -> web.Response:
         work.add_done_callback(_late_result)
         return _fail_open(
             stats,
-            logging.WARNING,
             "budget",
+            logging.WARNING,
             "report for %s not recorded within %.0f ms; answered status 0",
             event.protocol or "?",
             budget * 1000,
@@ -127,23 +126,25 @@ async def policy_endpoint(request: web.Request) -> web.Response:
     return _answer(REPORT_ANSWER)
 
 
-def _fail_open(stats: Stats, level: int, key: str, msg: str, *args: object) -> web.Response:
-    """Answer a report ``{"status":0}`` unrecorded, counted and logged (rate-limited)."""
-    stats.fail_open += 1
-    stats.count("report", "fail_open")
-    _limited.log(level, key, msg, *args)
+def _fail_open(stats: Stats, reason: str, level: int, msg: str, *args: object) -> web.Response:
+    """Answer a report ``{"status":0}`` unrecorded, counted by reason and logged (rate-limited)."""
+    stats.failed_open(reason)
+    _limited.log(level, reason, msg, *args)
     return _answer(REPORT_ANSWER)
 
 
 def _report_failed(stats: Stats, exc: Exception) -> web.Response:
     """Anything that went wrong with a report: answered status 0, its kind counted and logged."""
-    return _fail_open(
-        stats,
+    if isinstance(exc, Overloaded):
+        return _fail_open(stats, "overloaded", logging.WARNING, "report answered status 0: %s", exc)
+    _limited.log(
         logging.ERROR,
         f"error:{type(exc).__name__}",
         "report failed, answered status 0: %s",
         exc,
     )
+    stats.failed_open("error")
+    return _answer(REPORT_ANSWER)
 
 
 def _count_outcome(stats: Stats, outcome: Outcome) -> None:

@@ -48,7 +48,9 @@ class Metrics:
         )
         self.fail_open = Counter(
             "policy_server_fail_open",
-            "Reports answered status 0 without being recorded (budget or error).",
+            "Reports answered status 0 without being recorded, by reason: budget (not"
+            " committed in time), overloaded (the write queue was full), error.",
+            ["reason"],
             registry=r,
         )
         self.unknown = Counter(
@@ -89,6 +91,30 @@ class Metrics:
             "policy_server_geo_data_age_seconds",
             "Age of the geo data in use, from its build time, by part.",
             ["part"],
+            registry=r,
+        )
+
+        self.claims_lost = Counter(
+            "policy_server_delivery_claims_lost",
+            "Deliveries whose claim another worker took over before their result was written"
+            " (the result was not written over the new owner's).",
+            registry=r,
+        )
+        self.worker_restarts = Counter(
+            "policy_server_worker_restarts",
+            "Times a delivery worker that died was started again.",
+            registry=r,
+        )
+        self.ready = Gauge(
+            "policy_server_ready",
+            "1 when every readiness check passes (what /readyz answers 200 for), else 0.",
+            registry=r,
+        )
+        self.component_up = Gauge(
+            "policy_server_component_up",
+            "1 while a part of the service runs: writer (group commit), worker (deliveries),"
+            " store (reachable).",
+            ["component"],
             registry=r,
         )
 

@@ -13,7 +13,14 @@ from ..events import Event, EventWriter
 from ..model import History, LoginEvent, Origin
 from ..origin.resolver import OriginResolver
 from ..policy import KNOWN, decide, fresh_repeat
-from ..store.base import Decide, ImmediateHistory, LoginStore, Outcome, SuccessfulLogin
+from ..store.base import (
+    Decide,
+    ImmediateHistory,
+    LoginStore,
+    Outcome,
+    Overloaded,
+    SuccessfulLogin,
+)
 
 log = logging.getLogger("policy_server.recorder")
 
@@ -56,6 +63,9 @@ class LoginRecorder:
         self._on_notice = on_notice
         self.events = events
         self._on_origin = on_origin
+        #: reports in ``finish`` (reading a history or waiting for their commit)
+        self.pending = 0
+        self._max_pending = config.storage.max_pending_writes
         policy = config.policy
         self._decide: Decide = lambda history, origin, at: decide(history, origin, at, policy)
 
@@ -101,7 +111,21 @@ class LoginRecorder:
         )
 
     async def finish(self, event: LoginEvent, prepared: Prepared) -> Outcome:
-        """Record what ``begin`` could not answer: a failure, or a login that writes."""
+        """Record what ``begin`` could not answer: a failure, or a login that writes.
+
+        At most ``[storage] max_pending_writes`` reports wait at once, whether for a history
+        read or a commit, so that a slow store cannot make memory grow with the load: one more
+        raises ``Overloaded`` at once.
+        """
+        if self.pending >= self._max_pending:
+            raise Overloaded(f"{self.pending} reports already waiting for the store")
+        self.pending += 1
+        try:
+            return await self._finish(event, prepared)
+        finally:
+            self.pending -= 1
+
+    async def _finish(self, event: LoginEvent, prepared: Prepared) -> Outcome:
         account, origin, at = prepared.account, prepared.origin, prepared.at
         if origin is None:
             await self._store.record_failure(account, at)

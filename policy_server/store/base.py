@@ -31,6 +31,11 @@ class StoreError(Exception):
     """The store could not do what was asked (locked, unreachable, corrupt)."""
 
 
+class Overloaded(StoreError):
+    """Too many writes are waiting (``[storage] max_pending_writes``): this one was refused
+    at once, nothing was queued."""
+
+
 class SchemaBehind(StoreError):
     """The store's schema is older than this version's, or not there at all, and opening it
     was asked not to migrate (``open(migrate=False)``): nothing was created or changed."""

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 
 from ..config import StorageConfig
-from .base import Decide, Outcome, StoreError, SuccessfulLogin
+from .base import Decide, Outcome, Overloaded, StoreError, SuccessfulLogin
 from .plan import FailureOp, Op, RecordOp
 
 log = logging.getLogger("policy_server.store")
@@ -30,7 +30,7 @@ class GroupCommit:
     _config: StorageConfig
 
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[Op] = asyncio.Queue()
+        self._queue: asyncio.Queue[Op] = asyncio.Queue(self._config.max_pending_writes)
         self._writer_task: asyncio.Task[None] | None = None
         #: login transactions committed, and logins they carried (group-commit efficiency)
         self.commits = 0
@@ -67,7 +67,12 @@ class GroupCommit:
     def _submit(self, op: Op) -> None:
         if self._writer_task is None or self._writer_task.done():
             raise StoreError("store is not open")
-        self._queue.put_nowait(op)
+        try:
+            self._queue.put_nowait(op)
+        except asyncio.QueueFull:
+            raise Overloaded(
+                f"{self._queue.maxsize} writes already waiting (max_pending_writes)"
+            ) from None
 
     def _start_writer(self, name: str) -> None:
         self._writer_task = asyncio.create_task(self._write_loop(), name=name)

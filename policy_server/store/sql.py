@@ -255,8 +255,8 @@ class SQLStore(GroupCommit, Store):
     driver_errors: ClassVar[tuple[type[Exception], ...]]
 
     def __init__(self, config: StorageConfig) -> None:
-        super().__init__()
         self._config = config
+        super().__init__()
         json_text = self.dialect.json_text
         asn, org = json_text("n.payload", "asn"), json_text("n.payload", "as_org")
         # the provider and the country of a notice as the breaker and the held filters name them
