@@ -17,6 +17,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from support import Sink, free_port
 
+# the store fixtures: backend, store, postgres_schema
+pytest_plugins = ("stores",)
+
 # The machine running the tests may be busy; correctness, not speed, is asserted here.
 settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("default")

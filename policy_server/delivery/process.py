@@ -40,7 +40,7 @@ async def run_worker(config: Config) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, worker.stop)
-        await worker.run()
+        await worker.run_forever()
     finally:
         for channel in channels.values():
             await channel.close()

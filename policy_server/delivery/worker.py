@@ -1,8 +1,11 @@
 """The delivery worker: claims due notices from the store and sends them through channels.
 
 Retry state lives in the queue rows, never in memory: a notice that failed for a while is
-rescheduled in its row with exponential backoff and jitter, and a process that dies mid-delivery
-has its claims taken over when their lease runs out (the receiver sees the same ``id`` again).
+rescheduled in its row with exponential backoff and jitter. A worker's claims carry its identity
+(one per node and slot, see ``Worker.start``): a restarted process takes back at once what its
+predecessor left claimed, and any other worker takes over a claim whose lease ran out (the
+receiver sees the same ``id`` again). The bookkeeping of a claimed batch (lease renewal, results
+written as they come, lost claims) is in ``claims.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from ..model import Notice
 from ..policy import DAY_S
 from ..service.metrics import Metrics
 from ..store.base import (
+    INCARNATION,
     RELEASED,
     Delivery,
     DeliveryResult,
@@ -32,6 +36,7 @@ from ..store.base import (
 from .breaker import GEO_HOLD, PAUSE, Breaker
 from .channels.base import Channel
 from .channels.errors import DeliveryError, TemporaryDeliveryError
+from .claims import ClaimedBatch
 from .render import Renderer
 from .rules import quiet_until, recipient_for, throttled_until, zone
 
@@ -39,11 +44,14 @@ log = logging.getLogger("policy_server.worker")
 S = DeliveryStatus
 
 HOUSEKEEPING_INTERVAL_S = 3600.0
+#: a worker that died is started again after this long, doubling up to the maximum
+RESTART_FIRST_S = 1.0
+RESTART_MAX_S = 60.0
 
 
-def owner_token() -> str:
-    """A claim owner unique to this process incarnation."""
-    return f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
+def incarnation() -> str:
+    """What tells this process's claims from those of an earlier one with the same identity."""
+    return f"{os.getpid()}.{random.getrandbits(32):08x}"
 
 
 def backoff(attempts: int, config: QueueConfig, rng: random.Random) -> float:
@@ -79,7 +87,13 @@ class Worker:
         self._full = config
         self._config: QueueConfig = config.queue
         self._channel_configs: dict[str, ChannelConfig] = {c.name: c for c in config.channels}
-        self.owner = owner or owner_token()
+        # the identity: given (tests, tools) or, at start, the first free slot of this node
+        self._identity = owner
+        #: "identity#incarnation", in every claim of this worker; set by start()
+        self.owner = ""
+        #: why the worker is not delivering ("" while it runs), for /readyz
+        self.failure = ""
+        self.restarts = 0
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self._rng = random.Random()
@@ -97,25 +111,90 @@ class Worker:
         self._stopping.set()
         self._wakeup.set()
 
+    async def start(self) -> None:
+        """Take this worker's identity and what an earlier process of it left claimed.
+
+        The identity is ``[queue] worker_id`` (the host's name by default) and the first slot
+        of it no live process holds (``mail1/0``, ``mail1/1``, ...): stable across restarts,
+        never shared by two live processes, so the claims it finds are its predecessor's and
+        are due again at once rather than when their lease runs out.
+        """
+        if self.owner:
+            return
+        identity = self._identity or await self._store.lock_identity(
+            self._config.worker_id or socket.gethostname()
+        )
+        taken = await self._store.take_back(identity, time.time())
+        self.owner = f"{identity}{INCARNATION}{incarnation()}"
+        if taken:
+            log.info("took back %d deliveries an earlier %s left claimed", taken, identity)
+
+    async def run_forever(self) -> None:
+        """``run``, started again with backoff when it dies of something unexpected (a bug);
+        ``failure`` says why while it waits."""
+        delay = RESTART_FIRST_S
+        while not self._stopping.is_set():
+            try:
+                await self.run()
+                return
+            except Exception as exc:
+                self.failure = f"died: {type(exc).__name__}: {exc}"[:300]
+                log.critical(
+                    "delivery worker died; starting it again in %.0f s", delay, exc_info=True
+                )
+            self.restarts += 1
+            if self._metrics is not None:
+                self._metrics.worker_restarts.inc()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            delay = min(delay * 2, RESTART_MAX_S)
+
     async def run(self) -> None:
-        """Claim and deliver until stopped; store errors are logged and retried."""
+        """Claim and deliver until stopped; store errors are logged and retried. What is still
+        claimed when it stops goes back to the queue."""
+        while not self.owner and not self._stopping.is_set():
+            try:
+                await self.start()
+            except StoreError as exc:
+                self.failure = f"cannot start: store unavailable: {exc}"[:300]
+                log.warning("delivery worker: store unavailable: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self._config.poll_interval_s)
         log.info("delivery worker %s started", self.owner)
         next_housekeeping = 0.0
-        while not self._stopping.is_set():
-            if time.monotonic() >= next_housekeeping:
-                next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL_S
-                await self.housekeeping()
-            try:
-                done = await self.run_once()
-            except StoreError as exc:
-                log.warning("delivery worker: store unavailable: %s", exc)
-                done = 0
-            if done:
-                continue
-            self._wakeup.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self._config.poll_interval_s)
+        try:
+            while not self._stopping.is_set():
+                if time.monotonic() >= next_housekeeping:
+                    next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL_S
+                    await self.housekeeping()
+                try:
+                    done = await self.run_once()
+                except StoreError as exc:
+                    log.warning("delivery worker: store unavailable: %s", exc)
+                    done = 0
+                else:
+                    self.failure = ""
+                if done:
+                    continue
+                self._wakeup.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self._config.poll_interval_s)
+        finally:
+            await self.release()
         log.info("delivery worker %s stopped", self.owner)
+
+    async def release(self) -> int:
+        """Put back in the queue what this worker claimed and did not finish."""
+        if not self.owner:
+            return 0
+        try:
+            released = await self._store.release_claims(self.owner, time.time())
+        except StoreError as exc:
+            log.warning("claims in flight left to their lease: store unavailable: %s", exc)
+            return 0
+        if released:
+            log.info("%d deliveries in flight put back in the queue", released)
+        return released
 
     async def housekeeping(self) -> dict[str, int]:
         """Cut old client addresses to their prefix and purge long-unused origins."""
@@ -134,12 +213,15 @@ class Worker:
         return counts
 
     async def run_once(self) -> int:
-        """Claim one batch, deliver it, record the outcome; returns how many were claimed.
+        """Claim one batch, deliver it, record each outcome; returns how many were claimed.
 
         Deliveries of one account through one channel are handled together: the newest notice
         goes out and carries the others, so a batch can neither send one person several
-        messages at once nor slip past the per-account limit.
+        messages at once nor slip past the per-account limit. Each group's results are written
+        as soon as the group is done; a group that fails (the store, a bug) is given back to
+        the queue without costing an attempt, and the others are recorded all the same.
         """
+        await self.start()
         now = time.time()
         await self.refresh_controls(now)
         if self.paused:
@@ -149,23 +231,48 @@ class Worker:
         )
         if not batch:
             return 0
+        claimed = ClaimedBatch(
+            self._store,
+            self.owner,
+            batch,
+            self._config.lease_s,
+            now,
+            self._stopping,
+            self._metrics,
+        )
         groups: dict[tuple[str, str], list[Delivery]] = {}
         for delivery in batch:
             groups.setdefault((delivery.notice.account, delivery.channel), []).append(delivery)
         limit = asyncio.Semaphore(self._config.concurrency)
 
-        async def bounded(group: list[Delivery]) -> list[DeliveryResult]:
+        async def bounded(group: list[Delivery]) -> None:
             async with limit:
-                return await self._deliver_group(group)
+                try:
+                    results = await self._deliver_group(group, claimed)
+                except Exception as exc:
+                    results = self._not_attempted(group, exc)
+            claimed.record(results)
 
-        outcomes = await asyncio.gather(*(bounded(g) for g in groups.values()))
-        results = [r for rs in outcomes for r in rs]
-        await self._store.finish(self.owner, results, time.time())
-        if self._metrics is not None:
-            for result in results:
-                outcome = "retried" if result.status == S.QUEUED else result.status
-                self._metrics.deliveries.labels(result.channel, outcome).inc()
+        claimed.start()
+        try:
+            await asyncio.gather(*(bounded(g) for g in groups.values()))
+        finally:
+            await claimed.close()
         return len(batch)
+
+    def _not_attempted(self, group: list[Delivery], exc: Exception) -> list[DeliveryResult]:
+        """A group that failed before anything was sent: due again soon, no attempt counted."""
+        if isinstance(exc, StoreError):
+            log.warning(
+                "deliveries of %s put back: store unavailable: %s", group[0].notice.account, exc
+            )
+        else:
+            log.exception(
+                "deliveries of %s put back after an unexpected error", group[0].notice.account
+            )
+        at = time.time() + backoff(1, self._config, self._rng)
+        error = f"not attempted: {type(exc).__name__}: {exc}"[:500]
+        return [DeliveryResult(d.notice.id, d.channel, S.DEFERRED, error, at) for d in group]
 
     async def refresh_controls(self, now: float) -> None:
         """Read the shared switches: the pause, the breaker (evaluated now), the geo hold."""
@@ -186,7 +293,7 @@ class Worker:
         self.holding = holding
 
     async def _deliver_group(
-        self, group: list[Delivery], holding: bool = True
+        self, group: list[Delivery], claimed: ClaimedBatch, holding: bool = True
     ) -> list[DeliveryResult]:
         if holding and self.holding:
             # admin channels get no queued deliveries: everything here is an owner notice;
@@ -198,7 +305,7 @@ class Worker:
             ]
             if not group:
                 return results
-            released = await self._deliver_group(group, holding=False)
+            released = await self._deliver_group(group, claimed, holding=False)
             # a released delivery that has to wait again (a failure, quiet hours) stays
             # released: the breaker must not take it back
             return [
@@ -211,11 +318,11 @@ class Worker:
                 ),
             ]
         group.sort(key=lambda d: d.notice.time)
-        primary, claimed = group[-1], group[:-1]
-        outcome = await self._deliver(primary, [d.notice for d in claimed])
+        primary, carried = group[-1], group[:-1]
+        outcome = await self._deliver(primary, [d.notice for d in carried], claimed)
         main = outcome[0]
         results = list(outcome)
-        for other in claimed:
+        for other in carried:
             if main.status == S.SENT:
                 results.append(
                     DeliveryResult(
@@ -232,7 +339,9 @@ class Worker:
                 )
         return results
 
-    async def _deliver(self, delivery: Delivery, carried: list[Notice]) -> list[DeliveryResult]:
+    async def _deliver(
+        self, delivery: Delivery, carried: list[Notice], claimed: ClaimedBatch
+    ) -> list[DeliveryResult]:
         notice = delivery.notice
         channel = self._channels.get(delivery.channel)
         channel_config = self._channel_configs.get(delivery.channel)
@@ -290,6 +399,10 @@ class Worker:
                     for other in waiting
                 ),
             ]
+        if not claimed.holds(delivery):
+            # its lease may have run out while the store could not renew it: another worker
+            # may be sending it now; finish() will not write this over the new owner's
+            return result(S.DEFERRED, "claim lost before sending", time.time())
         try:
             await channel.send(notice, message, recipient)
         except DeliveryError as exc:

@@ -23,7 +23,6 @@ from ..model import Origin
 from ..origin.networks import KnownNetworks, NetworksError
 from ..origin.resolver import OriginResolver
 from ..store import open_store
-from ..store.base import StoreError
 from . import keys
 from .auth import Authenticator
 from .handlers import timed_endpoint
@@ -155,19 +154,18 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     task: asyncio.Task[None] | None = None
     if app[keys.RUN_WORKER]:
-        task = asyncio.create_task(worker.run(), name="delivery-worker")
+        task = asyncio.create_task(worker.run_forever(), name="delivery-worker")
         task.add_done_callback(_worker_ended)
         app[keys.WORKER_TASK] = task
     yield
     worker.stop()
     if task is not None:
-        # deliveries in flight get a while to finish; what is still claimed then goes back
+        # deliveries in flight get a while to finish; the worker then puts back what it
+        # still holds (and past the timeout, its claims go back when the lease runs out)
         with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(task, timeout=config.queue.stop_timeout_s)
-        with contextlib.suppress(StoreError):
-            released = await app[keys.STORE].release_claims(worker.owner, time.time())
-            if released:
-                log.info("%d deliveries in flight put back in the queue", released)
+        if not task.done() or task.cancelled():
+            await worker.release()
     if events is not None:
         events.close()
 
@@ -238,15 +236,30 @@ async def _monitoring_ctx(app: web.Application) -> AsyncIterator[None]:
                 metrics.geo_age.labels(part).set(max(0.0, time.time() - built))
         return "; ".join(missing)
 
-    monitoring = monitoring_app(metrics, app[keys.STORE], {"geo": geo_loaded})
+    store = app[keys.STORE]
+
+    def worker_running() -> str:
+        """Why deliveries are not being made by this process ("" when they are)."""
+        task = app.get(keys.WORKER_TASK)
+        if task is None:
+            return ""  # left to `policy-server worker` processes
+        if task.done():
+            return "delivery worker stopped"
+        return app[keys.WORKER].failure
+
+    monitoring = monitoring_app(
+        metrics,
+        store,
+        {"writer": store.writer_problem, "worker": worker_running, "geo": geo_loaded},
+    )
     async with monitoring_listener(config.metrics, monitoring, app[keys.REUSE_PORT]):
         yield
 
 
 def _worker_ended(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        # A dead worker must be loud: notices would pile up unseen.
-        log.critical("delivery worker died", exc_info=task.exception())
+        # A dead worker must be loud: notices would pile up unseen (/readyz says so too).
+        log.critical("delivery worker stopped for good", exc_info=task.exception())
 
 
 async def _stopping(app: web.Application) -> None:

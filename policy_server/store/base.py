@@ -25,6 +25,9 @@ Decide = Callable[[History, Origin, float], Decision]
 
 # last_error of a delivery an operator released from hold starts with this
 RELEASED = "released"
+#: a claim's owner is "identity#incarnation": the worker identity (stable per node and slot)
+#: and the process that claimed
+INCARNATION = "#"
 
 
 class StoreError(Exception):
@@ -289,14 +292,33 @@ class QueueStore(Controls, Protocol):
         """Take up to ``limit`` due deliveries (or ones whose lease expired) for ``owner``."""
         ...
 
-    async def finish(self, owner: str, results: Sequence[DeliveryResult], now: float) -> None:
+    async def finish(
+        self, owner: str, results: Sequence[DeliveryResult], now: float
+    ) -> list[DeliveryResult]:
         """Write the outcome of claimed deliveries in one transaction; an unknown status is a
-        StoreError and writes nothing."""
+        StoreError and writes nothing. A result whose delivery is no longer ``owner``'s claim
+        (its lease ran out and another worker took it) is not written: the lost ones are
+        returned."""
+        ...
+
+    async def renew(self, owner: str, until: float) -> set[tuple[str, str]]:
+        """Extend every claim ``owner`` still holds to ``until``; returns the (notice id,
+        channel) pairs it holds."""
         ...
 
     async def release_claims(self, owner: str, now: float) -> int:
         """Give back what ``owner`` claimed and did not finish (queued again, the claim's
         attempt not counted); returns how many."""
+        ...
+
+    async def take_back(self, identity: str, now: float) -> int:
+        """Give back the claims of every earlier incarnation of worker ``identity`` (claims
+        ``identity#...``): what a restarted process left unfinished is due again at once."""
+        ...
+
+    async def lock_identity(self, base: str) -> str:
+        """The first free worker identity ``base/N``, held by this store until it closes: no
+        two live processes ever share one, so a process may take back its identity's claims."""
         ...
 
     async def contact(self, account: str) -> Contact | None:
@@ -414,4 +436,8 @@ class Store(LoginStore, QueueStore, OperatorStore, Protocol):
 
     async def close(self) -> None:
         """Finish pending writes and disconnect."""
+        ...
+
+    def writer_problem(self) -> str:
+        """Why logins cannot be written now ("" while the group-commit writer runs)."""
         ...

@@ -76,6 +76,18 @@ class GroupCommit:
 
     def _start_writer(self, name: str) -> None:
         self._writer_task = asyncio.create_task(self._write_loop(), name=name)
+        self._writer_task.add_done_callback(_writer_ended)
+
+    def writer_problem(self) -> str:
+        """Why logins cannot be written ("" while the writer runs), for /readyz."""
+        task = self._writer_task
+        if task is None:
+            return "store is not open"
+        if not task.done():
+            return ""
+        if task.cancelled():
+            return "group-commit writer stopped"
+        return f"group-commit writer died: {type(task.exception()).__name__}: {task.exception()}"
 
     async def _stop_writer(self) -> None:
         """Let queued logins commit (5 s at most), then stop the writer."""
@@ -144,3 +156,9 @@ class GroupCommit:
             op = self._queue.get_nowait()
             if not op.future.done():
                 op.future.set_exception(StoreError("store closed"))
+
+
+def _writer_ended(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        # every report now fails open: as loud as it gets (and /readyz answers 503)
+        log.critical("group-commit writer died", exc_info=task.exception())

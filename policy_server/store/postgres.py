@@ -35,6 +35,8 @@ _RETRIES = 3
 # Namespaces of the advisory locks: (namespace, hashtext(key)) pairs, never bare bigints.
 _ACCOUNT_LOCKS = "policy_server.account"
 _MIGRATION_LOCK = "policy_server.migrate."
+# a worker identity: (namespace + schema, name)
+_WORKER_LOCK = "policy_server.worker."
 
 _LOCK_ACCOUNTS = (
     "SELECT pg_advisory_xact_lock(hashtext(?), h) FROM"
@@ -170,6 +172,8 @@ class PostgresStore(SQLStore):
         # history reads waiting for the next shared query, and the queries in flight
         self._reads: dict[str, list[asyncio.Future[History]]] = {}
         self._read_tasks: set[asyncio.Task[None]] = set()
+        # the connection holding this process's worker identities (session advisory locks)
+        self._slots: Any = None
 
     # -- connection life -------------------------------------------------------------------
 
@@ -180,10 +184,7 @@ class PostgresStore(SQLStore):
                 dsn=self._config.dsn,
                 min_size=1,
                 max_size=self._config.pool_size,
-                server_settings={
-                    "search_path": _quote(self._schema),
-                    "application_name": "policy-server",
-                },
+                **self._connect_args(),
             )
             async with self._pool.acquire() as conn:
                 if migrate:
@@ -198,8 +199,29 @@ class PostgresStore(SQLStore):
             raise StoreError(f"cannot open PostgreSQL store: {exc}") from exc
         self._start_writer("postgres-writer")
 
+    def _connect_args(self) -> dict[str, Any]:
+        timeout = self._config.command_timeout_s
+        return {
+            # a round trip longer than this fails (the connection is then dropped, see
+            # _connection), so a half-open connection cannot stall the writer for ever
+            "command_timeout": timeout,
+            "timeout": timeout,
+            "server_settings": {
+                "search_path": _quote(self._schema),
+                "application_name": "policy-server",
+                "statement_timeout": str(int(timeout * 1000)),
+                "idle_in_transaction_session_timeout": str(int(timeout * 2000)),
+            },
+        }
+
     async def close(self) -> None:
         await self._stop_writer()
+        slots, self._slots = self._slots, None
+        if slots is not None:
+            with contextlib.suppress(*_DRIVER_ERRORS):
+                await asyncio.wait_for(slots.close(), timeout=5)
+            if not slots.is_closed():
+                slots.terminate()
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
@@ -237,14 +259,47 @@ class PostgresStore(SQLStore):
         return self._pool
 
     @contextlib.asynccontextmanager
-    async def reading(self) -> AsyncIterator[Connection]:
+    async def _connection(self) -> AsyncIterator[Any]:
+        """A pooled connection; one that timed out is dropped at once, not handed back: a
+        half-open connection would also hang its cancel request and its clean close."""
         async with self._pool_().acquire() as conn:
+            try:
+                yield conn
+            except TimeoutError:
+                conn.terminate()
+                raise
+
+    @contextlib.asynccontextmanager
+    async def reading(self) -> AsyncIterator[Connection]:
+        async with self._connection() as conn:
             yield _Connection(conn)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
-        async with self._pool_().acquire() as conn, conn.transaction():
-            yield _Connection(conn)
+        async with self._connection() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                yield _Connection(conn)
+            except TimeoutError:
+                # no rollback on a connection that stopped answering: dropping it ends the
+                # transaction on the server
+                conn.terminate()
+                raise
+            except BaseException:
+                await tx.rollback()
+                raise
+            await tx.commit()
+
+    async def _lock_slot(self, name: str, slot: int) -> bool:
+        if self._slots is None or self._slots.is_closed():
+            self._slots = await asyncpg.connect(self._config.dsn, **self._connect_args())
+        locked = await self._slots.fetchval(
+            "SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))",
+            _WORKER_LOCK + self._schema,
+            name,
+        )
+        return bool(locked)
 
     async def _apply_batch(self, batch: list[Op]) -> list[Outcome]:
         for attempt in range(_RETRIES):
@@ -281,7 +336,9 @@ class PostgresStore(SQLStore):
         accounts = sorted(reads)
         found: dict[str, list[KnownOrigin]] = {account: [] for account in accounts}
         try:
-            for row in await self._pool_().fetch(_SELECT_HISTORIES, accounts):
+            async with self._connection() as conn:
+                rows = await conn.fetch(_SELECT_HISTORIES, accounts)
+            for row in rows:
                 found[row[7]].append(known_origin(row))
         except Exception as exc:
             error = exc if isinstance(exc, StoreError) else StoreError(f"history: {exc}")

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Concatenate, ParamSpec, Protocol, TypeVar, cas
 from ..config import StorageConfig
 from ..model import KnownOrigin, Notice
 from .base import (
+    INCARNATION,
     RELEASED,
     UNDELIVERED,
     AccountRecord,
@@ -193,8 +194,9 @@ UPDATE_PAYLOAD = "UPDATE notices SET payload = ? WHERE account = ? AND id = ?"
 
 _GIVE_BACK = _larger("attempts - 1", "0")
 _UNCLAIM = "claimed_by = NULL, lease_until = NULL"
-_CLAIMED = "WHERE notice_id = ? AND channel = ? AND claimed_by = ?"
-# What a worker's result writes, by status; the parameters are in finish()'s order.
+_CLAIMED = f"WHERE notice_id = ? AND channel = ? AND claimed_by = ? AND status = '{S.SENDING}'"
+# What a worker's result writes, by status; the parameters are in finish()'s order. A row that
+# is no longer this owner's claim (its lease ran out and another worker took it) is not written.
 FINISH = {
     S.SENT: f"UPDATE deliveries SET status = '{S.SENT}', last_error = NULL, {_UNCLAIM},"
     f" updated = ? {_CLAIMED}",
@@ -219,10 +221,22 @@ FOLD = (
     f" updated = ?, {_UNCLAIM} WHERE notice_id = ? AND channel = ?"
     f" AND (status = '{S.QUEUED}' OR (status = '{S.SENDING}' AND claimed_by = ?))"
 )
-RELEASE_CLAIMS = (
-    f"UPDATE deliveries SET status = '{S.QUEUED}', {_UNCLAIM}, attempts = {_GIVE_BACK},"
-    f" next_attempt = ?, updated = ? WHERE status = '{S.SENDING}' AND claimed_by = ?"
+# What an owner still holds ({lock}: the dialect's row lock)
+HELD_CLAIMS = (
+    "SELECT d.notice_id, d.channel FROM deliveries d"
+    f" WHERE d.status = '{S.SENDING}' AND d.claimed_by = ?{{lock}}"
 )
+RENEW = f"UPDATE deliveries SET lease_until = ? WHERE status = '{S.SENDING}' AND claimed_by = ?"
+# Claims given back (queued again at once, the claim's attempt not counted): {who} says whose
+_RELEASE = (
+    f"UPDATE deliveries SET status = '{S.QUEUED}', {_UNCLAIM}, attempts = {_GIVE_BACK},"
+    f" next_attempt = ?, updated = ? WHERE status = '{S.SENDING}' AND {{who}}"
+)
+RELEASE_CLAIMS = _RELEASE.format(who="claimed_by = ?")
+# every incarnation of a worker identity: its claims are "identity#incarnation"
+TAKE_BACK = _RELEASE.format(who="substr(claimed_by, 1, ?) = ?")
+#: processes of one node (one worker identity) at most: "host/0" ... "host/63"
+MAX_SLOTS = 64
 # the columns of the operator views, in the order of their typed rows
 _DELIVERY_KEYS = tuple(DeliveryState.__annotations__)
 _LISTED_KEYS = tuple(ListedDelivery.__annotations__)
@@ -377,35 +391,74 @@ class SQLStore(GroupCommit, Store):
         ]
 
     @store_errors
-    async def finish(self, owner: str, results: Sequence[DeliveryResult], now: float) -> None:
+    async def finish(
+        self, owner: str, results: Sequence[DeliveryResult], now: float
+    ) -> list[DeliveryResult]:
         if not results:
-            return
-        grouped: dict[DeliveryStatus, list[tuple[Any, ...]]] = {status: [] for status in FINISH}
-        folds: list[tuple[Any, ...]] = []
+            return []
         for r in results:
-            if r.status in (S.SENT, S.SHADOW):
-                grouped[r.status].append((now, r.notice_id, r.channel, owner))
-            elif r.status in (S.QUEUED, S.DEFERRED):
-                grouped[r.status].append(
-                    (r.error, r.next_attempt, now, r.notice_id, r.channel, owner)
-                )
-            elif r.status in (S.DEAD, S.UNDELIVERABLE, S.HELD):
-                grouped[r.status].append((r.error, now, r.notice_id, r.channel, owner))
-            elif r.status == S.FOLDED:
-                folds.append((r.folded_into, now, r.notice_id, r.channel, owner))
-            else:
+            if r.status not in FINISH and r.status != S.FOLDED:
                 raise StoreError(f"finish: unknown delivery status {r.status!r}")
         async with self.transaction() as tx:
+            held = {
+                (row[0], row[1])
+                for row in await tx.fetch(HELD_CLAIMS.format(lock=self.dialect.lock_rows), owner)
+            }
+            # a fold also applies to deliveries still queued, which nobody claimed
+            lost = [
+                r for r in results if r.status != S.FOLDED and (r.notice_id, r.channel) not in held
+            ]
+            grouped: dict[DeliveryStatus, list[tuple[Any, ...]]] = {s: [] for s in FINISH}
+            folds: list[tuple[Any, ...]] = []
+            for r in results:
+                if r.status != S.FOLDED and (r.notice_id, r.channel) not in held:
+                    continue
+                if r.status in (S.SENT, S.SHADOW):
+                    grouped[r.status].append((now, r.notice_id, r.channel, owner))
+                elif r.status in (S.QUEUED, S.DEFERRED):
+                    grouped[r.status].append(
+                        (r.error, r.next_attempt, now, r.notice_id, r.channel, owner)
+                    )
+                elif r.status == S.FOLDED:
+                    folds.append((r.folded_into, now, r.notice_id, r.channel, owner))
+                else:
+                    grouped[r.status].append((r.error, now, r.notice_id, r.channel, owner))
             for status, rows in grouped.items():
                 if rows:
                     await tx.executemany(FINISH[status], rows)
             if folds:
                 await tx.executemany(FOLD, folds)
+        return lost
+
+    @store_errors
+    async def renew(self, owner: str, until: float) -> set[tuple[str, str]]:
+        async with self.transaction() as tx:
+            await tx.execute(RENEW, until, owner)
+            rows = await tx.fetch(HELD_CLAIMS.format(lock=""), owner)
+        return {(row[0], row[1]) for row in rows}
 
     @store_errors
     async def release_claims(self, owner: str, now: float) -> int:
         async with self.transaction() as tx:
             return await tx.execute(RELEASE_CLAIMS, now, now, owner)
+
+    @store_errors
+    async def take_back(self, identity: str, now: float) -> int:
+        prefix = identity + INCARNATION
+        async with self.transaction() as tx:
+            return await tx.execute(TAKE_BACK, now, now, len(prefix), prefix)
+
+    async def lock_identity(self, base: str) -> str:
+        for slot in range(MAX_SLOTS):
+            name = f"{base}/{slot}"
+            if await self._lock_slot(name, slot):
+                return name
+        raise StoreError(f"every worker slot of {base!r} is taken ({MAX_SLOTS} processes)")
+
+    async def _lock_slot(self, name: str, slot: int) -> bool:
+        """Hold the lock of worker identity ``name`` (slot ``slot`` of its node) until the
+        store closes; False when another live process holds it."""
+        raise NotImplementedError
 
     @store_errors
     async def oldest_queued(self) -> float | None:

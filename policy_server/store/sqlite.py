@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, overload
 
 import aiosqlite
 
@@ -140,6 +140,8 @@ class SQLiteStore(SQLStore):
         # a thread and back. WAL readers never wait for the writer.
         self._point: sqlite3.Connection | None = None
         self._write_lock = asyncio.Lock()
+        # the worker identities this process holds (flocked files beside the database)
+        self._slots: list[IO[bytes]] = []
 
     # -- connection life -------------------------------------------------------------------
 
@@ -188,6 +190,9 @@ class SQLiteStore(SQLStore):
             with contextlib.suppress(sqlite3.Error):
                 self._point.close()
         self._reader = self._writer = self._point = None
+        for handle in self._slots:
+            handle.close()
+        self._slots.clear()
         self._fail_queued()
 
     async def _check_file(self, where: str) -> None:
@@ -240,6 +245,15 @@ class SQLiteStore(SQLStore):
                     await conn.raw.execute("ROLLBACK")
                 raise
 
+    async def _lock_slot(self, name: str, slot: int) -> bool:
+        # one node shares a SQLite file: the slot alone names the process
+        path = self._path.with_name(f"{self._path.name}-worker-{slot}.lock")
+        handle = await asyncio.to_thread(_lock_file, path, wait=False)
+        if handle is None:
+            return False
+        self._slots.append(handle)
+        return True
+
     # -- reads -----------------------------------------------------------------------------
 
     @store_errors
@@ -256,11 +270,23 @@ class SQLiteStore(SQLStore):
         return History(account, tuple(known_origin(r) for r in rows))
 
 
-def _lock_file(path: Path) -> IO[bytes]:
-    """An exclusive lock on ``path`` (created if needed), held until the file is closed."""
+@overload
+def _lock_file(path: Path) -> IO[bytes]: ...
+
+
+@overload
+def _lock_file(path: Path, wait: bool) -> IO[bytes] | None: ...
+
+
+def _lock_file(path: Path, wait: bool = True) -> IO[bytes] | None:
+    """An exclusive lock on ``path`` (created if needed), held until the file is closed;
+    with ``wait=False`` None at once when another process holds it."""
     handle = path.open("ab")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
     except BaseException:
         handle.close()
         raise
