@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -155,3 +157,45 @@ async def test_in_flight_delivery_is_sent_again_with_the_same_id(
     await sink.wait_for(2, timeout=20)
     assert sink.received[1]["id"] == first_id
     assert sink.received[1]["login"] == "user0@example.com"
+
+
+async def test_a_killed_node_sends_again_only_what_was_in_flight_and_at_once(
+    service_factory: Any, sink: Sink, tmp_path: Path
+) -> None:
+    # a slow receiver: 60 notices go out 16 at a time (the worker's concurrency), 0.2 s each
+    sink.delay = 0.2
+    service = service_factory(sink.url, lease_s=60.0)
+    service.start()
+    await service.ready()
+    acknowledged = await send_reports(service, 60)
+    assert len(acknowledged) == 60
+    await sink.wait_for(36, timeout=30)
+    service.kill()
+    reached = len(sink.received)
+    with contextlib.closing(sqlite3.connect(tmp_path / "store.sqlite3")) as conn:
+        ((recorded,),) = conn.execute("SELECT count(*) FROM deliveries WHERE status = 'sent'")
+
+    sink.delay = 0.0
+    started = asyncio.get_running_loop().time()
+    service.start()
+    await service.ready()
+    # the restarted process takes its predecessor's claims back at once: everything arrives
+    # long before the 60 s lease would have let another worker take them
+    for _ in range(200):
+        if len(set(sink.ids())) == 60:
+            break
+        await asyncio.sleep(0.1)
+    waited = asyncio.get_running_loop().time() - started
+    ids = sink.ids()
+    twice = len(ids) - len(set(ids))
+    print(
+        f"\nkilled when {reached} notices had reached the receiver and {recorded} were recorded"
+        f" as sent: all 60 delivered {waited:.1f} s after the restart, {twice} of them twice"
+    )
+    assert len(set(ids)) == 60 and {d["login"] for d in sink.received} == set(acknowledged)
+    assert waited < 20
+    # each result was recorded as it came: what came twice is what the receiver had taken
+    # when the kill came and the service had not recorded yet (the deliveries in flight, 16
+    # at a time), not everything the service had claimed
+    assert recorded >= reached - 2 * 16
+    assert twice <= reached - recorded
