@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from stores import Backend
 from support import Sink, free_port, service_config
 
 pytestmark = pytest.mark.slow
@@ -74,14 +73,16 @@ class Service:
 def service_factory(tmp_path: Path, geo_files: dict[str, Path]) -> Iterator[Any]:
     started: list[Service] = []
 
-    def make(sink_url: str, lease_s: float = 60.0) -> Service:
+    def make(
+        sink_url: str, lease_s: float = 60.0, storage: dict[str, Any] | None = None
+    ) -> Service:
         port = free_port()
         config = tmp_path / "policy.toml"
         service_config(
             config,
             port=port,
             geo=geo_files,
-            storage={"path": tmp_path / "store.sqlite3"},
+            storage=storage or {"path": tmp_path / "store.sqlite3"},
             sink_url=sink_url,
             asn="ipasn",
             queue={"backoff_base_s": 0.1, "backoff_max_s": 0.5, "lease_s": lease_s},
@@ -160,11 +161,16 @@ async def test_in_flight_delivery_is_sent_again_with_the_same_id(
 
 
 async def test_a_killed_node_sends_again_only_what_was_in_flight_and_at_once(
-    service_factory: Any, sink: Sink, tmp_path: Path
+    service_factory: Any, sink: Sink, backend: Backend
 ) -> None:
     # a slow receiver: 60 notices go out 16 at a time (the worker's concurrency), 0.2 s each
     sink.delay = 0.2
-    service = service_factory(sink.url, lease_s=60.0)
+    storage = {
+        key: value
+        for key, value in backend.config.model_dump().items()
+        if key in ("backend", "path", "dsn", "schema")
+    }
+    service = service_factory(sink.url, lease_s=60.0, storage=storage)
     service.start()
     await service.ready()
     acknowledged = await send_reports(service, 60)
@@ -172,8 +178,11 @@ async def test_a_killed_node_sends_again_only_what_was_in_flight_and_at_once(
     await sink.wait_for(36, timeout=30)
     service.kill()
     reached = len(sink.received)
-    with contextlib.closing(sqlite3.connect(tmp_path / "store.sqlite3")) as conn:
-        ((recorded,),) = conn.execute("SELECT count(*) FROM deliveries WHERE status = 'sent'")
+    store = await backend.open()
+    try:
+        recorded = (await store.outbox_counts()).get("sent", 0)
+    finally:
+        await store.close()
 
     sink.delay = 0.0
     started = asyncio.get_running_loop().time()
@@ -189,8 +198,9 @@ async def test_a_killed_node_sends_again_only_what_was_in_flight_and_at_once(
     ids = sink.ids()
     twice = len(ids) - len(set(ids))
     print(
-        f"\nkilled when {reached} notices had reached the receiver and {recorded} were recorded"
-        f" as sent: all 60 delivered {waited:.1f} s after the restart, {twice} of them twice"
+        f"\n{backend.name}: killed when {reached} notices had reached the receiver and"
+        f" {recorded} were recorded as sent: all 60 delivered {waited:.1f} s after the"
+        f" restart, {twice} of them twice"
     )
     assert len(set(ids)) == 60 and {d["login"] for d in sink.received} == set(acknowledged)
     assert waited < 20
