@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import re
 import string
 import tomllib
+import typing
 import warnings
 import zoneinfo
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -41,17 +43,58 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class _PathKey:
+    """Marks a key that names a file or a directory (``program``: a command line whose first
+    word does, when it has a directory in it). :func:`resolve_paths` makes such a value absolute:
+    relative to the config file's directory, or to the current directory for the embedded
+    defaults."""
+
+    def __init__(self, *, program: bool = False) -> None:
+        self.program = program
+
+
+_FILE = _PathKey()
+_PROGRAM = _PathKey(program=True)
+#: a key naming a file or a directory
+FilePath = Annotated[str, _FILE]
+
+
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+
+
 def parse_listen(value: str) -> tuple[str, int]:
-    """Split ``host:port`` (``[v6]:port`` for IPv6) into host and port."""
+    """Split ``host:port`` (``[v6]:port`` for IPv6) into host and port.
+
+    The host must be an IPv4 address, an IPv6 address in brackets or a host name; whether a
+    name resolves is for ``check-config`` to find out, not for reading the file.
+    """
     host, sep, port_text = value.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
+    if not sep or not host or not re.fullmatch(r"[0-9]{1,5}", port_text):
         raise ValueError("must be host:port, e.g. 127.0.0.1:4001 or [::1]:4001")
     port = int(port_text)
     if not 0 < port < 65536:
         raise ValueError("port must be between 1 and 65535")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-        ipaddress.IPv6Address(host)
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"[{host}] is not an IPv6 address") from None
+        return host, port
+    if ":" in host:
+        raise ValueError(f"an IPv6 address goes in brackets, as in [{host}]:{port}")
+    labels = host.removesuffix(".").split(".")
+    if labels[-1].isdigit():
+        # no top-level domain is all digits: this is meant as an IPv4 address
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(
+                f"{host} is not an IPv4 address (four numbers 0-255, e.g. 127.0.0.1)"
+            ) from None
+        return host, port
+    if len(host) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        raise ValueError(f"{host!r} is neither an IP address nor a host name")
     return host, port
 
 
@@ -86,9 +129,9 @@ class ServerConfig(_Model):
 
 
 class GeoipConfig(_Model):
-    country_db: str = ""
-    asn_db: str = ""
-    asn_names: str = ""
+    country_db: FilePath = ""
+    asn_db: FilePath = ""
+    asn_names: FilePath = ""
     bundled: bool = True
     ipv4_prefix: int = Field(default=24, ge=8, le=32)
     ipv6_prefix: int = Field(default=48, ge=16, le=128)
@@ -101,7 +144,7 @@ with warnings.catch_warnings():
 
     class StorageConfig(_Model):
         backend: Literal["sqlite", "postgres"] = "sqlite"
-        path: str = "var/policy-server.sqlite3"
+        path: FilePath = "var/policy-server.sqlite3"
         group_commit_wait_ms: float = Field(default=2.0, ge=0, le=100)
         group_commit_max_batch: int = Field(default=256, ge=1, le=10_000)
         # reports waiting for their write (read or commit) at most: more are answered status 0
@@ -174,7 +217,7 @@ class PolicyConfig(_Model):
 
 class NetworksConfig(_Model):
     # files of "<CIDR or AS number> <category> [label]" lines; reloaded on SIGHUP
-    files: tuple[str, ...] = ()
+    files: Annotated[tuple[str, ...], _FILE] = ()
     # the same lines written here
     entries: tuple[str, ...] = ()
 
@@ -183,7 +226,7 @@ class PrivacyConfig(_Model):
     # full client addresses in stored notices are cut to their prefix after this many days
     address_retention_days: float = Field(default=30.0, ge=0)
     # when set, every report is appended here as a JSON line (for replay); rotate it like a log
-    events_path: str = ""
+    events_path: FilePath = ""
 
 
 class MessageConfig(_Model):
@@ -191,7 +234,7 @@ class MessageConfig(_Model):
     timezone: str = "Asia/Tokyo"
     service_name: str = "Example Mail"
     help_url: str = "https://mail.example.jp/help/password"
-    templates_dir: str = ""
+    templates_dir: FilePath = ""
 
     @field_validator("timezone")
     @classmethod
@@ -456,7 +499,7 @@ def check_placeholders(template: str, allowed: frozenset[str], where: str) -> No
 
 class CommandChannelConfig(_ChannelBase):
     type: Literal["command"]
-    command: tuple[str, ...] = Field(min_length=1)
+    command: Annotated[tuple[str, ...], _PROGRAM] = Field(min_length=1)
     timeout_s: float = Field(default=30.0, gt=0, le=3600)
     # which recipient the program needs, if any: "email", "phone" or "none"
     recipient: Literal["none", "email", "phone"] = "none"
@@ -532,14 +575,85 @@ def config_from_mapping(data: dict[str, Any]) -> Config:
             message = str(err["msg"])
             if err["type"] == "extra_forbidden":
                 message = "unknown key"
+            elif err["type"] == "value_error" and "error" in err.get("ctx", {}):
+                # the validator's own words, without pydantic's "Value error, " in front
+                message = str(err["ctx"]["error"])
             errors.append((_key_path(tuple(err["loc"])), message))
         raise ConfigError(errors) from None
 
 
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _absolute(value: str, base: str) -> str:
+    if not value or os.path.isabs(value):
+        return value
+    return os.path.normpath(os.path.join(base, value))
+
+
+def _resolved(model: _M, base: str) -> _M:
+    updates: dict[str, Any] = {}
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        marks = [mark for mark in info.metadata if isinstance(mark, _PathKey)]
+        new: Any
+        if marks and marks[0].program:
+            # "notify-owner" is looked up on PATH; "bin/notify-owner" is a file
+            program = value[0] if value else ""
+            new = (_absolute(program, base), *value[1:]) if "/" in program else value
+        elif marks:
+            new = (
+                _absolute(value, base)
+                if isinstance(value, str)
+                else tuple(_absolute(item, base) for item in value)
+            )
+        elif isinstance(value, BaseModel):
+            new = _resolved(value, base)
+        elif isinstance(value, tuple) and all(isinstance(item, BaseModel) for item in value):
+            new = tuple(_resolved(item, base) for item in value)
+        else:
+            continue
+        if new != value:
+            updates[name] = new
+    return model.model_copy(update=updates) if updates else model
+
+
+def resolve_paths(config: Config, base: str | Path) -> Config:
+    """``config`` with every relative path it names (the keys of :func:`path_keys`) made
+    absolute against the directory ``base``; absolute and empty values stay as they are."""
+    return _resolved(config, os.path.abspath(base))
+
+
+def path_keys() -> list[str]:
+    """The keys whose relative values :func:`resolve_paths` resolves, as key paths."""
+    channel_models: tuple[type[BaseModel], ...] = typing.get_args(typing.get_args(ChannelConfig)[0])
+
+    def walk(model: type[BaseModel], prefix: str) -> list[str]:
+        found: list[str] = []
+        for name, info in model.model_fields.items():
+            marks = [mark for mark in info.metadata if isinstance(mark, _PathKey)]
+            annotation = info.annotation
+            if marks:
+                found.append(f"{prefix}{name}[0]" if marks[0].program else f"{prefix}{name}")
+            elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                found += walk(annotation, f"{prefix}{name}.")
+            elif model is Config and name == "channels":
+                for channel in channel_models:
+                    found += walk(channel, "channels[].")
+        return found
+
+    return list(dict.fromkeys(walk(Config, "")))
+
+
 def load_config(path: str | Path | None) -> Config:
-    """Read and validate a TOML file; ``None`` gives the embedded defaults."""
+    """Read and validate a TOML file; ``None`` gives the embedded defaults.
+
+    Relative paths in a file are taken from the file's directory, so that a command finds the
+    same store, geo files and lists from wherever it runs; those of the embedded defaults
+    (``var/policy-server.sqlite3``) from the current directory.
+    """
     if path is None:
-        return Config()
+        return resolve_paths(Config(), os.getcwd())
     try:
         text = Path(path).read_bytes()
     except OSError as exc:
@@ -550,4 +664,4 @@ def load_config(path: str | Path | None) -> Config:
         raise ConfigError([("(file)", f"{path} is not UTF-8")]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([("(file)", f"{path}: invalid TOML: {exc}")]) from None
-    return config_from_mapping(data)
+    return resolve_paths(config_from_mapping(data), Path(path).parent)

@@ -81,6 +81,8 @@ class Env:
         self.config_path = tmp_path / "policy-server.toml"
         self.config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         self.config: Config = load_config(self.config_path)
+        #: what every command that opens the store says first on stderr
+        self.store_line = f"store: sqlite {self.db}\n"
 
     def run(self, *args: str) -> tuple[int, str, str]:
         """``policy-server ARGS -c CONFIG``: exit status, stdout, stderr."""
@@ -260,7 +262,7 @@ def test_import_then_show(env: Env) -> None:
         + "  carol@example.jp ,carol@example.jp,090 1234 5678,en,Europe/Berlin\n"
     )
     code, out, err = env.run("contacts", "import", path)
-    assert (code, err) == (0, "")
+    assert (code, err) == (0, env.store_line)
     assert "imported 3 contact(s)" in out
     # accounts are stored as the service keys them: trimmed and case-folded
     assert env.contacts() == [
@@ -454,6 +456,18 @@ def test_counts_of_an_empty_outbox_list_every_status(env: Env) -> None:
     assert [line.split() for line in out.splitlines()] == [[s, "0"] for s in STATUSES]
 
 
+def test_list_of_an_empty_outbox_says_so(env: Env) -> None:
+    env.migrate()
+    # stdout stays JSON lines (none here); what is said goes to stderr
+    assert env.run("outbox", "list") == (0, "", env.store_line + "no deliveries\n")
+    env.record(("bob", "bob", TOKYO, AT))  # queued, not dead
+    assert env.run("outbox", "list", "--status", "dead") == (
+        0,
+        "",
+        env.store_line + "no dead deliveries\n",
+    )
+
+
 def test_list_refuses_an_unknown_status(env: Env) -> None:
     with pytest.raises(SystemExit) as exit_:
         env.run("outbox", "list", "--status", "lost")
@@ -484,7 +498,7 @@ def test_show_a_notice_with_history_deliveries_and_messages(make_env: Callable[.
     env.set_delivery(notice_id, "sent", "mail", attempts=1)
 
     code, out, err = env.run("outbox", "show", notice_id)
-    assert (code, err) == (0, "")
+    assert (code, err) == (0, env.store_line)
     shown = json.loads(out)
     notice = shown["notice"]
     assert notice["id"] == notice_id
@@ -613,7 +627,7 @@ def test_retry_queues_a_dead_delivery_again(make_env: Callable[..., Env]) -> Non
     before = time.time()
     code, out, err = env.run("outbox", "retry", notice_id)
     after = time.time()
-    assert (code, err) == (0, "")
+    assert (code, err) == (0, env.store_line)
     assert f"1 delivery(ies) of {notice_id} queued again" in out
     rows = env.sql(
         "SELECT notice_id, channel, status, next_attempt, deadline FROM deliveries"
@@ -643,13 +657,29 @@ def test_retry_queues_undeliverable_too(env: Env) -> None:
 def test_retry_with_nothing_dead_exits_1(env: Env, status: str) -> None:
     (notice_id,) = env.record(("bob", "bob", TOKYO, time.time()))
     env.set_delivery(notice_id, status, attempts=2)
-    code, out, _ = env.run("outbox", "retry", notice_id)
-    assert code == 1 and f"0 delivery(ies) of {notice_id}" in out
+    code, out, err = env.run("outbox", "retry", notice_id)
+    assert (code, out) == (1, "")
+    assert err == env.store_line + (
+        f"policy-server: notice {notice_id} has no dead or undeliverable delivery:"
+        f" its deliveries are {status} (hook)\n"
+    )
     assert env.sql("SELECT status, attempts FROM deliveries") == [(status, 2)]
 
 
+def test_retry_names_the_status_of_each_channel(make_env: Callable[..., Env]) -> None:
+    env = make_env({"type": "webhook", "name": "hook"}, {"type": "log", "name": "log"})
+    (notice_id,) = env.record(("bob", "bob", TOKYO, time.time()))
+    env.set_delivery(notice_id, "sent", "hook")
+    code, out, err = env.run("outbox", "retry", notice_id)
+    assert (code, out) == (1, "")
+    assert "its deliveries are sent (hook), queued (log)\n" in err
+
+
 def test_retry_unknown_notice_exits_1(env: Env) -> None:
-    assert env.run("outbox", "retry", "no-such-id")[0] == 1
+    env.migrate()
+    code, out, err = env.run("outbox", "retry", "no-such-id")
+    assert (code, out) == (1, "")
+    assert err == env.store_line + "policy-server: no notice no-such-id\n"
 
 
 # -- outbox purge ---------------------------------------------------------------------------
@@ -682,7 +712,7 @@ def test_purge_deletes_only_old_finished_notices(make_env: Callable[..., Env]) -
     assert len(env.sql("SELECT id FROM notices")) == len(names)
 
     code, out, err = env.run("outbox", "purge", "--older-than", "30d")
-    assert (code, err) == (0, "")
+    assert (code, err) == (0, env.store_line)
     assert "purged 4 notice(s) older than 30d" in out
     kept = {row[0] for row in env.sql("SELECT id FROM notices")}
     assert kept == {ids[name] for name in ("queued", "sending", "mixed", "recent")}
@@ -729,7 +759,7 @@ def test_send_test_through_a_webhook(make_env: Callable[..., Env], thread_sink: 
     env = make_env({"type": "webhook", "name": "hook", "url": thread_sink.url})
     env.migrate()
     code, out, err = env.run("send-test", "Taro@Example.JP", "--channel", "hook")
-    assert (code, err) == (0, "")
+    assert (code, err) == (0, env.store_line)
     (payload,) = thread_sink.received
     assert payload["login"] == "Taro@Example.JP"
     assert payload["id"].startswith("test-")

@@ -10,12 +10,14 @@ import argparse
 import asyncio
 import contextlib
 import json
+import re
 import secrets
 import sqlite3
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from test_history import LOGS, write_config
@@ -25,7 +27,7 @@ from policy_server.commands import session
 from policy_server.commands.cli import CommandError, load
 from policy_server.commands.main import GROUPS, build_parser, main
 from policy_server.commands.session import store_session
-from policy_server.config import Config, config_from_mapping
+from policy_server.config import Config, StorageConfig, config_from_mapping
 from policy_server.store import open_store
 from policy_server.store.base import SchemaBehind, Store, StoreError
 
@@ -121,6 +123,33 @@ def test_each_group_registers_itself() -> None:
         assert _subparsers(parser), group.__name__
 
 
+def readme_commands() -> list[tuple[str, ...]]:
+    """The command lines README.md's command list shows, as the parser reads their words."""
+    text = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    block = text.split("\n## Commands\n", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    found: list[tuple[str, ...]] = []
+    for line in block.splitlines():
+        words = line.split("#", 1)[0].split()
+        if not words or not words[0].endswith("bin/policy-server"):
+            continue
+        parser, path = build_parser(), ()
+        for word in words[1:]:
+            children = _subparsers(parser)
+            if word not in children:
+                break
+            parser, path = children[word], (*path, word)
+        found.append(path)
+    return found
+
+
+def test_the_readme_lists_every_command_there_is() -> None:
+    listed = set(readme_commands())
+    # each line names a whole command (a group alone is not one)...
+    assert listed <= COMMANDS, f"not commands: {sorted(listed - COMMANDS)}"
+    # ...and every command has a line
+    assert listed >= COMMANDS, f"not in README.md: {sorted(COMMANDS - listed)}"
+
+
 def test_dash_c_is_the_service_config_everywhere() -> None:
     for path, parser in leaves(build_parser()):
         (option,) = [a for a in parser._actions if "-c" in a.option_strings]
@@ -209,7 +238,9 @@ def test_the_session_closes_the_store_when_the_command_fails(
     assert main(["outbox", "counts", "-c", str(conf)]) == 1
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == "policy-server: store unavailable: disk I/O error\n"
+    said, problem = err.splitlines()
+    assert said == f"store: sqlite {tmp_path / 's.sqlite3'}"
+    assert problem == "policy-server: store unavailable: disk I/O error"
     assert [store.closed for store in watch.opened] == [True, True]
 
 
@@ -257,6 +288,54 @@ def test_the_session_reports_a_store_error_as_one_line(tmp_path: Path) -> None:
     assert "run `policy-server migrate`" in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("dsn", "said"),
+    [
+        (
+            "postgresql://policy:s3cret@db.example.org:5433/policy",
+            "postgres policy@db.example.org:5433/policy schema mail",
+        ),
+        ("postgres://db.example.org/policy", "postgres db.example.org/policy schema mail"),
+        (
+            "postgresql://policy:s3cret@db1:5432,db2:5432/policy?sslmode=require",
+            "postgres policy@db1:5432,db2:5432/policy schema mail",
+        ),
+        (
+            "postgresql:///policy?host=/run/postgresql&password=s3cret",
+            "postgres /run/postgresql/policy schema mail",
+        ),
+        # not a URI: nothing of it is shown, since key=value text may hold the password
+        ("host=db password=s3cret", "postgres (dsn is not a postgresql:// URI) schema mail"),
+    ],
+)
+def test_the_store_line_never_shows_a_password(dsn: str, said: str) -> None:
+    storage = StorageConfig(backend="postgres", dsn=dsn, schema="mail")
+    assert session.store_label(storage) == said
+
+
+def test_the_store_line_of_sqlite_is_an_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    storage = StorageConfig(path="var/x.sqlite3")
+    assert session.store_label(storage) == f"sqlite {tmp_path / 'var' / 'x.sqlite3'}"
+
+
+def test_json_output_stays_json_with_the_store_line_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "var" / "store.sqlite3"
+    conf = sqlite_config(store)
+    contacts = tmp_path / "contacts.csv"
+    contacts.write_text("login,email\nbob,bob@example.net\n", encoding="utf-8")
+    assert main(["contacts", "import", str(contacts), "-c", str(conf)]) == 0
+    capsys.readouterr()
+    assert main(["history", "export", "bob", "-c", str(conf)]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["contact"]["email"] == "bob@example.net"
+    assert err == f"store: sqlite {store}\n"
+
+
 # -- read-only commands never migrate: SQLite ------------------------------------------------------
 
 
@@ -300,8 +379,11 @@ def test_read_only_commands_create_no_store(
     assert main([*command, "-c", str(conf)]) == 1
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.startswith(f"policy-server: the SQLite store {store} is not set up yet; ")
-    assert err.endswith(": run `policy-server migrate`\n") and len(err.splitlines()) == 1
+    # which store it looked for, then what is wrong with it
+    said, problem = err.splitlines()
+    assert said == f"store: sqlite {store}"
+    assert problem.startswith(f"policy-server: the SQLite store {store} is not set up yet; ")
+    assert problem.endswith(": run `policy-server migrate`")
     # neither the file nor its directory
     assert not (tmp_path / "var").exists()
 
@@ -318,7 +400,7 @@ def test_read_only_commands_leave_an_old_schema_alone(
     out, err = capsys.readouterr()
     assert out == ""
     assert f"is at schema version {version};" in err and "run `policy-server migrate`" in err
-    assert len(err.splitlines()) == 1
+    assert err.splitlines()[0] == f"store: sqlite {store}" and len(err.splitlines()) == 2
     assert sqlite_schema(store) == before
     # what the message says to do makes the command work
     assert main(["migrate", "-c", str(conf)]) == 0
@@ -436,7 +518,11 @@ def test_read_only_commands_create_no_postgres_schema(
     assert main([*command, "-c", str(conf)]) == 1
     err = capsys.readouterr().err
     assert f"the PostgreSQL store (schema {pg_schema}) is not set up yet" in err
-    assert "run `policy-server migrate`" in err and len(err.splitlines()) == 1
+    assert "run `policy-server migrate`" in err and len(err.splitlines()) == 2
+    said = err.splitlines()[0]
+    assert said.startswith("store: postgres ") and said.endswith(f" schema {pg_schema}")
+    host = urlsplit(DSN).hostname
+    assert host is not None and host in said
     assert pg_state(pg_schema) == (False, [], [])
 
 
@@ -510,7 +596,9 @@ def test_replay_candidate(
     current, candidate = replay_configs_
     args = [word.format(new=candidate, cur=current) for word in spelling]
     code, document, err = _replay(capsys, *args)
-    assert (code, err) == (0, "")
+    assert code == 0
+    # each config runs in a throw-away store of its own, never the live one
+    assert replay_stores(err) == 2
     assert (document["current"]["notices"], document["candidate"]["notices"]) == (4, 1)
 
 
@@ -532,9 +620,20 @@ def test_replay_old_spelling_warns_and_works(
     assert code == 0
     # the same figures as the new spelling: --config still names the candidate here
     assert (document["current"]["notices"], document["candidate"]["notices"]) == (4, 1)
-    (warning,) = err.splitlines()
+    assert replay_stores(err) == 2
+    (warning,) = [line for line in err.splitlines() if not line.startswith("store: ")]
     assert warning.startswith("policy-server: warning:")
     assert "deprecated" in warning and "--candidate NEW.toml" in warning
+
+
+def replay_stores(err: str) -> int:
+    """How many throw-away stores replay said it opened; it opens no other."""
+    said = [line for line in err.splitlines() if line.startswith("store: ")]
+    assert all(
+        re.fullmatch(r"store: sqlite .*/policy-server-replay-[^/]+/replay\.sqlite3", line)
+        for line in said
+    ), said
+    return len(said)
 
 
 def test_replay_without_a_candidate_exits_2(

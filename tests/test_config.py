@@ -21,6 +21,7 @@ from policy_server.config import (
     WebhookChannelConfig,
     config_from_mapping,
     load_config,
+    resolve_paths,
 )
 
 ROOT = Path(__file__).parent.parent
@@ -33,7 +34,8 @@ def test_embedded_defaults() -> None:
     assert (config.server.host, config.server.port) == ("127.0.0.1", 4001)
     assert config.server.max_body_bytes == 64 * 1024
     assert config.geoip.bundled is True
-    assert config.storage.path == "var/policy-server.sqlite3"
+    # relative to the current directory, made absolute when loaded (test_config_paths.py)
+    assert config.storage.path == str(Path.cwd() / "var" / "policy-server.sqlite3")
     assert config.message.language == "ja" and config.message.timezone == "Asia/Tokyo"
     assert [c.type for c in config.channels] == ["log"]
 
@@ -117,7 +119,8 @@ def _documented_keys(model: type[BaseModel], prefix: str) -> set[str]:
 def test_example_file_documents_every_key_and_loads() -> None:
     text = EXAMPLE.read_text(encoding="utf-8")
     config = load_config(EXAMPLE)
-    assert config == Config()  # the example shows the defaults
+    # the example shows the defaults (its relative paths taken from its own directory)
+    assert config == resolve_paths(Config(), EXAMPLE.parent)
     sections: dict[str, set[str]] = {}
     section = ""
     for line in text.splitlines():
@@ -180,3 +183,161 @@ def test_log_channel_default_name() -> None:
     config = config_from_mapping({"channels": [{"type": "log"}]})
     assert isinstance(config.channels[0], LogChannelConfig)
     assert config.channels[0].name == "log-0"
+
+
+# -- listen addresses ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["server", "metrics"])
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        ("999.1.1.1:4001", "999.1.1.1 is not an IPv4 address"),
+        ("10.0.0:4001", "10.0.0 is not an IPv4 address"),
+        ("::1:4001", "an IPv6 address goes in brackets, as in [::1]:4001"),
+        ("[::g]:4001", "[::g] is not an IPv6 address"),
+        ("mail host:4001", "'mail host' is neither an IP address nor a host name"),
+        ("-mail:4001", "'-mail' is neither an IP address nor a host name"),
+        ("127.0.0.1:99999", "port must be between 1 and 65535"),
+        ("127.0.0.1:", "must be host:port"),
+    ],
+)
+def test_a_listen_address_that_cannot_be_bound_is_refused(
+    key: str, listen: str, expected: str
+) -> None:
+    errors = errors_of({key: {"listen": listen}})
+    assert expected in errors[f"{key}.listen"]
+
+
+@pytest.mark.parametrize(
+    ("listen", "host"),
+    [
+        ("0.0.0.0:4001", "0.0.0.0"),
+        ("[::]:4001", "::"),
+        ("localhost:4001", "localhost"),
+        ("policy.mail.example.org.:4001", "policy.mail.example.org."),
+        ("policy_server:4001", "policy_server"),  # container names
+    ],
+)
+def test_listen_addresses_and_host_names(listen: str, host: str) -> None:
+    config = config_from_mapping({"server": {"listen": listen}})
+    assert (config.server.host, config.server.port) == (host, 4001)
+
+
+def test_check_config_resolves_listen_host_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # .invalid never resolves (RFC 2606)
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[server]\nlisten = "policy.invalid:4001"\n[metrics]\nlisten = "localhost:9490"\n',
+        encoding="utf-8",
+    )
+    assert main(["check-config", "-c", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "server.listen: cannot resolve policy.invalid" in err
+    assert "metrics.listen" not in err
+
+
+# -- geo files -------------------------------------------------------------------------------
+
+
+def _check_geo(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], **geoip: Path
+) -> tuple[int, str]:
+    path = tmp_path / "geo.toml"
+    lines = ["[geoip]", *(f'{key} = "{value}"' for key, value in geoip.items())]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code = main(["check-config", "-c", str(path)])
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    # what /etc/hostname holds
+    path = tmp_path / "hostname"
+    path.write_text("mail1\n", encoding="utf-8")
+    return path
+
+
+def test_check_config_refuses_a_country_db_that_is_no_maxmind_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text_file: Path
+) -> None:
+    code, err = _check_geo(tmp_path, capsys, country_db=text_file)
+    assert code == 1
+    assert f"geoip.country_db: {text_file} is not a MaxMind DB file" in err
+
+
+def test_check_config_refuses_an_asn_database_as_country_db(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], geo_files: dict[str, Path]
+) -> None:
+    code, err = _check_geo(tmp_path, capsys, country_db=geo_files["asn_mmdb"])
+    assert code == 1
+    assert f"geoip.country_db: {geo_files['asn_mmdb']}: GeoLite2-ASN" in err
+    assert "not a Country or City database" in err
+
+
+def test_check_config_refuses_an_asn_db_that_is_neither_kind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text_file: Path
+) -> None:
+    code, err = _check_geo(tmp_path, capsys, asn_db=text_file)
+    assert code == 1
+    assert (
+        f"geoip.asn_db: {text_file} is neither a MaxMind ASN database (.mmdb)"
+        " nor a pyasn file (ipasn.dat, plain or .gz)"
+    ) in err
+
+
+def test_check_config_refuses_a_country_database_as_asn_db(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], geo_files: dict[str, Path]
+) -> None:
+    code, err = _check_geo(tmp_path, capsys, asn_db=geo_files["country_mmdb"])
+    assert code == 1
+    assert "geoip.asn_db:" in err and "is not an ASN database" in err
+
+
+def test_check_config_refuses_an_empty_asn_db(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "ipasn.dat"
+    empty.write_bytes(b"")
+    code, err = _check_geo(tmp_path, capsys, asn_db=empty)
+    assert code == 1
+    assert f"geoip.asn_db: {empty} is empty" in err
+
+
+def test_check_config_refuses_asn_names_that_are_not_json(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    geo_files: dict[str, Path],
+    text_file: Path,
+) -> None:
+    code, err = _check_geo(tmp_path, capsys, asn_db=geo_files["ipasn"], asn_names=text_file)
+    assert code == 1
+    assert f"geoip.asn_names: {text_file} is not a JSON object of AS names" in err
+
+
+def test_check_config_refuses_a_directory_as_geo_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _check_geo(tmp_path, capsys, country_db=tmp_path)
+    assert code == 1
+    assert f"geoip.country_db: no such file {str(tmp_path)!r}" in err
+
+
+@pytest.mark.parametrize(
+    ("country", "asn"),
+    [("country_mmdb", "asn_mmdb"), ("city_mmdb", "ipasn")],
+)
+def test_check_config_accepts_the_geo_files_the_service_reads(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    geo_files: dict[str, Path],
+    country: str,
+    asn: str,
+) -> None:
+    names = {"asn_names": geo_files["asn_names"]} if asn == "ipasn" else {}
+    code, err = _check_geo(
+        tmp_path, capsys, country_db=geo_files[country], asn_db=geo_files[asn], **names
+    )
+    assert (code, err) == (0, "")

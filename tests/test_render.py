@@ -271,6 +271,17 @@ def test_folded_notices_are_listed_oldest_first(notice: Notice) -> None:
     assert "（ほか2件）" in ja.short
 
 
+def test_the_message_carries_the_folded_notices_oldest_first(notice: Notice) -> None:
+    # what a channel needs to name them itself (the webhook's "earlier")
+    older = [
+        replace(notice, id="a", time=datetime(2020, 3, 10, 19, 0, tzinfo=UTC)),
+        replace(notice, id="b", time=datetime(2020, 3, 10, 18, 0, tzinfo=UTC)),
+    ]
+    renderer = Renderer(config(language="en"))
+    assert [n.id for n in renderer.render(notice, folded=older).folded] == ["b", "a"]
+    assert renderer.render(notice).folded == ()
+
+
 def test_a_language_with_only_a_body_template(tmp_path: Path, notice: Notice) -> None:
     write_template(tmp_path, "de", "Zugriff auf {{ service_name }}\nLand: {{ country_name }}\n")
     message = Renderer(config(templates_dir=str(tmp_path))).render(notice, Recipient(language="de"))

@@ -37,7 +37,7 @@ from policy_server.delivery.channels.errors import (
 from policy_server.delivery.channels.log import LogChannel
 from policy_server.delivery.channels.webhook import MAX_RETRY_AFTER_S, WebhookChannel
 from policy_server.delivery.render import RenderedMessage
-from policy_server.model import Notice
+from policy_server.model import Notice, Reason
 
 TEXT = "【Example Mailへのアクセスのお知らせ】\n■国・地域（推定）\n不明\n"
 MESSAGE = RenderedMessage(subject="subject", body=TEXT, short="short", language="ja")
@@ -125,12 +125,45 @@ async def test_payload_is_the_contract(
         "protocols": ["imap"],
         "network": None,
         "network_label": None,
+        "earlier": [],
         "message": TEXT,
     }
     assert request.headers["Content-Type"] == "application/json"
     assert request.headers["User-Agent"] == f"policy-server/{__version__}"
     assert request.headers["Authorization"] == "Bearer t0ken"
     assert "webhook-signature" not in {name.lower() for name in request.headers}
+
+
+async def test_folded_notices_are_named_in_earlier(
+    sink: ScriptedPeer, make_channel: Any, notice: Notice
+) -> None:
+    older = replace(
+        notice,
+        id="01J8Z3K6Q2W4E5R6T7Y8U9I0AA",
+        reasons=(Reason.NEW_PROVIDER,),
+        remote="192.0.2.5",
+        time=datetime(2020, 3, 10, 19, 0, 1, tzinfo=UTC),
+        country=None,
+        asn=None,
+        protocol="pop3",
+        protocols=("pop3", "submission"),
+    )
+    channel = await make_channel(sink.url())
+    await channel.send(notice, replace(MESSAGE, folded=(older,)))
+    payload = json.loads(sink.requests[0].body)
+    assert payload["earlier"] == [
+        {
+            "id": "01J8Z3K6Q2W4E5R6T7Y8U9I0AA",
+            "time": "2020-03-10T19:00:01+00:00",
+            "remote": "192.0.2.5",
+            "country": None,
+            "asn": None,
+            "reasons": ["new_provider"],
+            "protocols": ["pop3", "submission"],
+        }
+    ]
+    # the notice itself is still the one sent
+    assert payload["id"] == notice.id and payload["message"] == TEXT
 
 
 async def test_unknown_origin_is_sent_as_nulls(

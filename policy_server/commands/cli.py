@@ -45,7 +45,11 @@ def add_config(parser: argparse.ArgumentParser) -> None:
         "-c",
         "--config",
         metavar="FILE",
-        help="TOML config file (default: the embedded defaults)",
+        help=(
+            "TOML config file; relative paths in it are taken from its directory (default: the"
+            " embedded defaults, with the store var/policy-server.sqlite3 in the current"
+            " directory)"
+        ),
     )
 
 

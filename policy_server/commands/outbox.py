@@ -22,6 +22,7 @@ from ..delivery.rules import recipient_for, resolve_recipient
 from ..model import Notice
 from ..store.base import HeldFilter
 from .cli import (
+    CommandError,
     Handler,
     Subparsers,
     add_command,
@@ -133,6 +134,9 @@ async def outbox_list(config: Config, args: argparse.Namespace) -> int:
         rows = await store.list_deliveries(args.status, args.limit)
     for row in rows:
         print(json.dumps(row, ensure_ascii=False))
+    if not rows:
+        # stdout is JSON lines, none here; the words go to stderr
+        print(f"no {args.status + ' ' if args.status else ''}deliveries", file=sys.stderr)
     return 0
 
 
@@ -205,11 +209,21 @@ async def outbox_held(config: Config, filters: HeldFilter, out: TextIO | None = 
 
 
 async def outbox_retry(config: Config, notice_id: str, out: TextIO | None = None) -> int:
+    """Queue the dead and undeliverable deliveries of a notice again; a notice that has none
+    is a failure that says what its deliveries are."""
     async with store_session(config, migrate=True) as store:
         now = time.time()
         count = await store.retry(notice_id, now, now + config.queue.deadline_s)
-    print(f"{count} delivery(ies) of {notice_id} queued again", file=out)
-    return 0 if count else 1
+        found = None if count else await store.notice_detail(notice_id)
+    if count:
+        print(f"{count} delivery(ies) of {notice_id} queued again", file=out)
+        return 0
+    if found is None:
+        raise CommandError(f"no notice {notice_id}")
+    states = ", ".join(f"{d['status']} ({d['channel']})" for d in found[1]) or "none"
+    raise CommandError(
+        f"notice {notice_id} has no dead or undeliverable delivery: its deliveries are {states}"
+    )
 
 
 async def outbox_purge(config: Config, older_than: str, out: TextIO | None = None) -> int:

@@ -68,12 +68,14 @@ TEMPLATE_VARIABLES = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class RenderedMessage:
-    """A notice as one recipient reads it: e-mail subject and body, SMS text, language used."""
+    """A notice as one recipient reads it: e-mail subject and body, SMS text, language used,
+    and the notices folded into it (oldest first), for channels that name them as data."""
 
     subject: str
     body: str
     short: str
     language: str
+    folded: tuple[Notice, ...] = ()
 
 
 # What check() renders: each sample alone, then the first with the others folded into it, for
@@ -374,6 +376,7 @@ class Renderer:
             body=body,
             short=short if short is not None else body,
             language=lang,
+            folded=tuple(sorted(folded, key=lambda n: _aware(n.time))),
         )
 
     def _render(self, lang: str, file: str, values: dict[str, Any]) -> str | None:

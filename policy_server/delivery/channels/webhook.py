@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -25,9 +25,21 @@ _RESERVED_HEADERS = frozenset(
     {"content-type", "content-length", "webhook-id", "webhook-timestamp", "webhook-signature"}
 )
 
+# what "earlier" says of each notice folded into a delivery, in the form of the payload's own
+EARLIER_FIELDS = ("id", "time", "remote", "country", "asn", "reasons", "protocols")
+
+
+def earlier(folded: Sequence[Notice]) -> list[dict[str, Any]]:
+    """The payload's ``earlier``: the notices folded into this one, as they were given."""
+    return [
+        {key: fields[key] for key in EARLIER_FIELDS}
+        for fields in (notice.payload_fields() for notice in folded)
+    ]
+
 
 class WebhookChannel(HttpChannel):
-    """POSTs ``notice.payload_fields()`` plus ``message`` (the rendered body) as JSON.
+    """POSTs ``notice.payload_fields()`` plus ``earlier`` (the notices folded into it, oldest
+    first; ``[]`` when none) and ``message`` (the rendered body) as JSON.
 
     2xx is delivered; 408, 429 and 5xx are temporary (honouring ``Retry-After``); every other
     status, redirects included, is permanent. Network errors and timeouts are temporary.
@@ -52,9 +64,13 @@ class WebhookChannel(HttpChannel):
         # text that must never reach an error message or a log line
         self._secrets = tuple(s for s in (config.secret, self._url.password) if s)
 
-    def body(self, notice: Notice, message: str) -> bytes:
-        """The exact bytes POSTed (and signed) for a notice."""
-        payload: dict[str, Any] = {**notice.payload_fields(), "message": message}
+    def body(self, notice: Notice, message: str, folded: Sequence[Notice] = ()) -> bytes:
+        """The exact bytes POSTed (and signed) for a notice with ``folded`` ones in it."""
+        payload: dict[str, Any] = {
+            **notice.payload_fields(),
+            "earlier": earlier(folded),
+            "message": message,
+        }
         return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     def headers(self, notice: Notice, body: bytes) -> CIMultiDict[str]:
@@ -73,7 +89,7 @@ class WebhookChannel(HttpChannel):
         self, notice: Notice, message: RenderedMessage, recipient: Recipient | None = None
     ) -> None:
         session = await self._ready_session()
-        body = self.body(notice, message.body)
+        body = self.body(notice, message.body, message.folded)
         await deliver(
             session,
             f"webhook {self.name}",
