@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -14,11 +15,19 @@ import aiohttp
 import pytest
 from support import Sink, free_port, service_config
 from test_restart import Service
+from test_supervisor import NotifySocket, children
 
 pytestmark = pytest.mark.slow
 
 
 class Workers(Service):
+    """``serve --workers 2``; ready once its supervisor tells (its NOTIFY_SOCKET) that both
+    processes listen."""
+
+    def __init__(self, config_path: Path, port: int, log_path: Path) -> None:
+        super().__init__(config_path, port, log_path)
+        self.notify = NotifySocket()
+
     def start(self) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -34,13 +43,20 @@ class Workers(Service):
             ],
             stdout=log,
             stderr=log,
+            env={**os.environ, "NOTIFY_SOCKET": self.notify.env},
         )
         log.close()
 
+    async def ready(self, timeout: float = 20.0) -> None:
+        try:
+            await self.notify.until("READY=1", timeout=timeout)
+        except AssertionError:
+            raise AssertionError(self.log_path.read_text()) from None
+        await super().ready(timeout)
 
-def children(pid: int) -> list[int]:
-    found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(p) for p in found]
+    def stop(self) -> None:
+        super().stop()
+        self.notify.close()
 
 
 async def test_two_processes_share_the_port_and_deliver_each_notice_once(

@@ -48,42 +48,63 @@ def register(commands: Subparsers) -> None:
 def serve_command(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from ..service import listen
     from ..service.app import create_app
 
     config = load(args.config)
     setup_logging(args.log_level, config.logging.format)
+    if args.workers < 1:
+        raise CommandError(f"--workers must be 1 or more, not {args.workers}")
     if args.workers > 1:
-        from ..service.processes import supervise
+        from ..service.processes import GiveUp, supervise
 
         child = ["serve", "--log-level", args.log_level, "--reuse-port"]
         if args.no_worker:
             child.append("--no-worker")
         if args.config:
             child += ["-c", args.config]
-        return supervise(child, args.workers)
+        try:
+            return supervise(child, args.workers, config)
+        except (listen.ListenError, GiveUp) as exc:
+            raise CommandError(str(exc)) from None
+    address = config.server.listen
+    try:
+        # bound before anything starts: an address in use is said at once, in one line
+        sockets = listen.bind(address, reuse_port=args.reuse_port)
+    except listen.ListenError as exc:
+        raise CommandError(str(exc)) from None
+
+    async def start_listening(_app: web.Application) -> None:
+        # last of the start-up: the kernel queues no connection for a service still starting
+        listen.listen(address, sockets)
+
     app = create_app(config, run_worker=not args.no_worker, reuse_port=args.reuse_port)
+    app.on_startup.append(start_listening)
+    try:
+        web.run_app(
+            app,
+            sock=sockets,
+            access_log=logging.getLogger("aiohttp.access") if config.server.access_log else None,
+            # called once the listener is up: then systemd may start Dovecot
+            print=lambda _message: _listening(config, args.config),
+            shutdown_timeout=10,
+        )
+    except listen.ListenError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        listen.close(sockets)
+    return 0
+
+
+def _listening(config: Config, config_path: str | None) -> None:
+    from ..service.systemd import notify
+
     log.info(
         "policy-server %s listening on %s (config: %s)",
         __version__,
         config.server.listen,
-        args.config or "embedded defaults",
+        config_path or "embedded defaults",
     )
-    web.run_app(
-        app,
-        host=config.server.host,
-        port=config.server.port,
-        access_log=logging.getLogger("aiohttp.access") if config.server.access_log else None,
-        # called once the listener is up: then systemd may start Dovecot
-        print=lambda _message: _ready(config),
-        shutdown_timeout=10,
-        reuse_port=args.reuse_port or None,
-    )
-    return 0
-
-
-def _ready(config: Config) -> None:
-    from ..service.systemd import notify
-
     notify("READY=1", f"STATUS=answering on {config.server.listen}")
 
 

@@ -9,22 +9,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Final
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from ..config import MetricsConfig, parse_listen
+from ..config import MetricsConfig
 from ..store.base import DeliveryStatus, OperatorStore
+from . import listen
 
 log = logging.getLogger("policy_server.metrics")
 
 # Dovecot gives up after 2 s; the buckets resolve the part that matters, well below that.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 QUEUE_REFRESH_S = 10.0
+STORE_CHECK_S = 2.0
+#: set by the supervisor of ``serve --workers N``: the directory of its processes' sockets
+MONITOR_DIR_ENV = "POLICY_SERVER_MONITOR_DIR"
 
 
 class Metrics:
@@ -75,23 +80,40 @@ class Metrics:
             ["channel", "outcome"],
             registry=r,
         )
+        # Gauges read from the shared store (and the geo data every process loads): with
+        # several processes (multiprocess mode), the most recent value, never a sum.
+        shared: Final = "livemostrecent"
         self.queue_depth = Gauge(
-            "policy_server_queue_depth", "Deliveries by status.", ["status"], registry=r
+            "policy_server_queue_depth",
+            "Deliveries by status.",
+            ["status"],
+            registry=r,
+            multiprocess_mode=shared,
         )
         self.queue_oldest = Gauge(
             "policy_server_queue_oldest_seconds",
             "Age of the oldest queued delivery (0 when none).",
             registry=r,
+            multiprocess_mode=shared,
         )
         self.breaker_open = Gauge(
-            "policy_server_breaker_open", "1 while the fleet-wide breaker is open.", registry=r
+            "policy_server_breaker_open",
+            "1 while the fleet-wide breaker is open.",
+            registry=r,
+            multiprocess_mode=shared,
         )
-        self.paused = Gauge("policy_server_paused", "1 while owner notices are paused.", registry=r)
+        self.paused = Gauge(
+            "policy_server_paused",
+            "1 while owner notices are paused.",
+            registry=r,
+            multiprocess_mode=shared,
+        )
         self.geo_age = Gauge(
             "policy_server_geo_data_age_seconds",
             "Age of the geo data in use, from its build time, by part.",
             ["part"],
             registry=r,
+            multiprocess_mode=shared,
         )
 
         self.claims_lost = Counter(
@@ -109,6 +131,8 @@ class Metrics:
             "policy_server_ready",
             "1 when every readiness check passes (what /readyz answers 200 for), else 0.",
             registry=r,
+            # several processes: ready only when every one of them is
+            multiprocess_mode="livemin",
         )
         self.component_up = Gauge(
             "policy_server_component_up",
@@ -116,6 +140,7 @@ class Metrics:
             " store (reachable).",
             ["component"],
             registry=r,
+            multiprocess_mode="livemin",
         )
 
     def exposition(self) -> bytes:
@@ -142,14 +167,45 @@ async def refresh_queue(metrics: Metrics, store: OperatorStore, now: float | Non
     metrics.paused.set(1 if pause.get("paused") else 0)
 
 
+ReadyCheck = Callable[[], str]
+"""A readiness check: why a part of the service cannot do its work ("" when it can)."""
+
+
+async def run_checks(
+    metrics: Metrics, store: OperatorStore, ready_checks: Mapping[str, ReadyCheck]
+) -> dict[str, str]:
+    """Run every readiness check and set ``ready`` and ``component_up``; the problems found."""
+    problems: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(store.control("pause"), STORE_CHECK_S)
+    except Exception as exc:
+        problems["store"] = f"unreachable: {type(exc).__name__}: {exc}"[:200]
+    metrics.component_up.labels("store").set(0 if "store" in problems else 1)
+    for name, check in ready_checks.items():
+        try:
+            problem = check()
+        except Exception as exc:  # a broken check says so; the scrape goes on
+            problem = f"check failed: {type(exc).__name__}: {exc}"[:200]
+        if problem:
+            problems[name] = problem
+        metrics.component_up.labels(name).set(0 if problem else 1)
+    metrics.ready.set(0 if problems else 1)
+    return problems
+
+
 def monitoring_app(
-    metrics: Metrics, store: OperatorStore, ready_checks: dict[str, Any]
+    metrics: Metrics, store: OperatorStore, ready_checks: Mapping[str, ReadyCheck]
 ) -> web.Application:
-    """``/metrics``, ``/healthz`` (the process answers) and ``/readyz`` (it can do its work)."""
+    """``/metrics``, ``/healthz`` (the process answers) and ``/readyz`` (it can do its work).
+
+    Every scrape and every ``/readyz`` runs the readiness checks, so that ``policy_server_ready``
+    and ``policy_server_component_up`` say what ``/readyz`` would answer.
+    """
 
     async def metrics_view(request: web.Request) -> web.Response:
         with contextlib.suppress(Exception):
             await refresh_queue(metrics, store)
+        await run_checks(metrics, store, ready_checks)
         body = metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -157,15 +213,7 @@ def monitoring_app(
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        problems: dict[str, str] = {}
-        try:
-            await asyncio.wait_for(store.control("pause"), 2.0)
-        except Exception as exc:
-            problems["store"] = f"unreachable: {type(exc).__name__}: {exc}"[:200]
-        for name, check in ready_checks.items():
-            problem = check()
-            if problem:
-                problems[name] = problem
+        problems = await run_checks(metrics, store, ready_checks)
         if problems:
             return web.json_response({"status": "not ready", "problems": problems}, status=503)
         return web.json_response({"status": "ready"})
@@ -177,26 +225,46 @@ def monitoring_app(
     return app
 
 
+def child_socket(directory: str, pid: int) -> str:
+    """Where a process of ``serve --workers N`` serves its monitoring to the supervisor."""
+    return os.path.join(directory, f"{pid}.sock")
+
+
 @contextlib.asynccontextmanager
 async def monitoring_listener(
     config: MetricsConfig, app: web.Application, reuse_port: bool = False
 ) -> AsyncIterator[web.AppRunner | None]:
-    """Serve ``app`` on ``[metrics] listen`` while the context is open (nothing if disabled)."""
+    """Serve ``app`` on ``[metrics] listen`` while the context is open (nothing if disabled).
+
+    A process of ``serve --workers N`` serves it on a unix socket of the supervisor's instead
+    (``POLICY_SERVER_MONITOR_DIR``): the supervisor answers ``[metrics] listen`` for all of its
+    processes. A listener that cannot start is one line in the log: monitoring must never stop
+    the service from answering Dovecot.
+    """
     if not config.enabled:
         yield None
         return
-    host, port = parse_listen(config.listen)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
     try:
-        await site.start()
-    except OSError as exc:
-        # monitoring must never stop the service from answering Dovecot
-        log.error("metrics listener %s not started: %s", config.listen, exc)
-    else:
-        log.info("metrics and health on http://%s/metrics, /healthz, /readyz", config.listen)
-    try:
+        supervisor_dir = os.environ.get(MONITOR_DIR_ENV, "")
+        if supervisor_dir:
+            path = child_socket(supervisor_dir, os.getpid())
+            try:
+                await web.UnixSite(runner, path).start()
+            except OSError as exc:
+                log.error("monitoring for the supervisor not started on %s: %s", path, exc)
+            yield runner
+            return
+        try:
+            sockets = listen.bind(config.listen, reuse_port=reuse_port)
+            listen.listen(config.listen, sockets)
+        except listen.ListenError as exc:
+            log.error("metrics listener not started: %s (the service goes on without it)", exc)
+        else:
+            for sock in sockets:
+                await web.SockSite(runner, sock).start()
+            log.info("metrics and health on http://%s/metrics, /healthz, /readyz", config.listen)
         yield runner
     finally:
         await runner.cleanup()

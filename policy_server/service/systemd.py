@@ -1,7 +1,8 @@
 """systemd's notify protocol (``Type=notify``): READY, RELOADING and STOPPING, with no library.
 
 A datagram to the socket named in ``NOTIFY_SOCKET``; outside systemd the variable is unset and
-every call does nothing.
+every call does nothing. Under ``serve --workers N`` each service process's ``NOTIFY_SOCKET`` is
+the supervisor's, which tells systemd READY=1 once every process is ready.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ def notify(*states: str) -> bool:
         return False
     address = "\0" + path[1:] if path.startswith("@") else path
     message = "\n".join(states).encode()
+    # never blocking: a receiver that does not read must not stall the loop answering Dovecot
+    kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        with socket.socket(socket.AF_UNIX, kind) as sock:
             sock.connect(address)
             sock.sendall(message)
     except OSError:
