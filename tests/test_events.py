@@ -107,6 +107,7 @@ def test_an_unwritable_export_never_raises(
     writer = EventWriter(str(blocker / "events.jsonl"))  # a file where a directory should be
     for _ in range(3):
         writer.write(Event("a", "192.0.2.1", "imap", True, 0.0))
+        assert writer.flush()
     assert sum("cannot append to events file" in r.message for r in caplog.records) == 1
 
 

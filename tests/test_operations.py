@@ -181,5 +181,7 @@ async def test_sighup_reopens_the_events_file_after_logrotate(
     events.rename(rotated)  # what logrotate does before it sends SIGHUP
     reload(client.app)
     await client.post("/?command=report", data=report(login="b"))
+    # the file is written by a thread of its own: wait until what was queued is written
+    assert client.app[keys.RECORDER].events.flush()
     assert [json.loads(line)["login"] for line in rotated.read_text().splitlines()] == ["a"]
     assert [json.loads(line)["login"] for line in events.read_text().splitlines()] == ["b"]

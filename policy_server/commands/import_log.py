@@ -13,12 +13,13 @@ from typing import TextIO
 
 from ..accounts import normalize_login
 from ..config import Config
-from ..events import Event, ReadStats, batches, read_events
+from ..events import Event, ReadStats, batches, merged_events
 from ..origin.address import AddressError
 from ..origin.resolver import OriginResolver
 from ..policy import KNOWN
 from ..store.base import Store, SuccessfulLogin
 from .cli import ZONE_HELP, Subparsers, add_command, config_command, log_zone
+from .progress import Progress
 from .session import store_session
 
 
@@ -50,6 +51,12 @@ async def import_log(
     )
     if stats.bad_addresses:
         print(f"skipped {stats.bad_addresses} logins with an invalid address", file=out)
+    if stats.read.out_of_order:
+        print(
+            f"{stats.read.out_of_order} logins earlier than a line before them in the same file"
+            " (a clock step?): recorded where they stand",
+            file=out,
+        )
     return 0
 
 
@@ -100,15 +107,18 @@ async def record_history(
 
 
 async def import_logs(config: Config, paths: list[Path], zone: tzinfo) -> ImportStats:
-    """Read every file, oldest login first, and record the logins as history."""
-    read = ReadStats()
+    """Read every file, oldest login first (the files merged as they are read), and record
+    the logins as history: memory stays flat however long the logs are."""
+    progress = Progress("import-log")
+    read = ReadStats(progress=progress)
     # first and last seen come out right only in time order, whatever order the files are in
-    events = sorted(read_events(paths, zone, read), key=lambda e: e.at)
+    events = merged_events(paths, zone, read)
     resolver = await asyncio.to_thread(OriginResolver.from_config, config.geoip)
     try:
         async with store_session(config, migrate=True) as store:
             stats = await record_history(store, resolver, config, events)
     finally:
         resolver.close()
+        progress.done()
     stats.read = read
     return stats

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
 from ..config import Config
-from ..events import Event, ReadStats, batches, read_events
+from ..events import Event, ReadStats, batches, merged_events
 from ..logs import setup_logging
 from ..model import Command, LoginEvent
 from ..origin.address import AddressError
@@ -33,6 +34,7 @@ from ..origin.networks import KnownNetworks, NetworksError
 from ..origin.resolver import OriginResolver
 from ..service.recorder import LoginRecorder
 from .cli import ZONE_HELP, CommandError, Subparsers, add_command, load, log_zone, run
+from .progress import Progress
 from .session import store_session
 
 USAGE = (
@@ -131,20 +133,37 @@ async def replay_configs(
     out: TextIO | None = None,
 ) -> int:
     """Run the same past logins through each config and print the notices side by side."""
-    read = ReadStats()
-    events = sorted(read_events(paths, zone, read), key=lambda e: e.at)
-    results: dict[str, ReplayResult] = {}
-    for name, config in configs.items():
-        results[name] = await replay(config, events)
+    # the files are read once, merged in time order as they are read, and each batch goes to
+    # every config in turn: memory stays flat however long the logs are
+    progress = Progress("replay")
+    read = ReadStats(progress=progress)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            runs = {
+                name: await stack.enter_async_context(replaying(config))
+                for name, config in configs.items()
+            }
+            for batch in batches(merged_events(paths, zone, read)):
+                await asyncio.gather(*(run.feed(batch) for run in runs.values()))
+            results = {name: run.finish() for name, run in runs.items()}
+    finally:
+        progress.done()
+    events = read.events
     if as_json:
         document = {
-            "events": len(events),
+            "events": events,
             "lines": read.lines,
             **{name: result.as_dict() for name, result in results.items()},
         }
         print(json.dumps(document, indent=2), file=out)
     else:
-        print(f"{len(events)} logins from {read.lines} lines", file=out)
+        print(f"{events} logins from {read.lines} lines", file=out)
+        if read.out_of_order:
+            print(
+                f"{read.out_of_order} logins earlier than a line before them in the same file"
+                " (a clock step?): replayed where they stand",
+                file=out,
+            )
         print(format_side_by_side(results), file=out)
     return 0
 
@@ -180,14 +199,21 @@ class ReplayResult:
         }
 
 
-async def replay(config: Config, events: Sequence[Event]) -> ReplayResult:
-    """Run ``events`` (in time order) through ``config`` in a temporary store."""
-    result = ReplayResult()
-    zone = ZoneInfo(config.message.timezone)
-    notified: set[str] = set()
+async def replay(config: Config, events: Iterable[Event]) -> ReplayResult:
+    """Run ``events`` (in time order, read as they come) through ``config`` in a temporary
+    store."""
+    async with replaying(config) as run:
+        for batch in batches(events):
+            await run.feed(batch)
+        return run.finish()
+
+
+@contextlib.asynccontextmanager
+async def replaying(config: Config) -> AsyncIterator[Replay]:
+    """A replay of ``config`` in a throw-away SQLite store, whatever the live store is; fed
+    batches of events in time order (``Replay.feed``)."""
     with tempfile.TemporaryDirectory(prefix="policy-server-replay-") as directory:
         storage = config.storage.model_copy(
-            # always a throw-away SQLite file, whatever the live store is
             update={
                 "backend": "sqlite",
                 "path": str(Path(directory) / "replay.sqlite3"),
@@ -196,44 +222,58 @@ async def replay(config: Config, events: Sequence[Event]) -> ReplayResult:
         )
         throwaway = config.model_copy(update={"storage": storage})
         resolver = await asyncio.to_thread(OriginResolver.from_config, config.geoip)
-        resolver.networks = KnownNetworks.load(config.networks)
         try:
+            resolver.networks = KnownNetworks.load(config.networks)
             async with store_session(throwaway, migrate=True) as store:
-                recorder = LoginRecorder(config, store, lambda: resolver, (CHANNEL,))
-
-                async def one(event: Event) -> None:
-                    login = LoginEvent(
-                        command=Command.REPORT,
-                        login=event.login,
-                        remote=event.remote,
-                        protocol=event.protocol,
-                        success=event.success,
-                    )
-                    try:
-                        outcome = await recorder.report(login, at=event.at)
-                    except AddressError:
-                        result.bad_addresses += 1
-                        return
-                    if not event.success:
-                        result.failures += 1
-                        return
-                    result.logins += 1
-                    decision = outcome.decision
-                    if outcome.notice_id is not None:
-                        result.notices += 1
-                        notified.add(login.login.casefold())
-                        result.by_reason.update(r.value for r in decision.notify)
-                        day = datetime.fromtimestamp(event.at, zone).date().isoformat()
-                        result.by_day[day] += 1
-                    elif decision.unusual:
-                        result.silent += 1
-
-                for batch in batches(events):
-                    await asyncio.gather(*(one(event) for event in batch))
+                yield Replay(config, LoginRecorder(config, store, lambda: resolver, (CHANNEL,)))
         finally:
             resolver.close()
-    result.accounts_notified = len(notified)
-    return result
+
+
+class Replay:
+    """What one config makes of the events fed to it."""
+
+    def __init__(self, config: Config, recorder: LoginRecorder) -> None:
+        self._recorder = recorder
+        self._zone = ZoneInfo(config.message.timezone)
+        self._notified: set[str] = set()
+        self.result = ReplayResult()
+
+    async def feed(self, batch: list[Event]) -> None:
+        """One batch of ``events.batches`` (each login at most once in it)."""
+        await asyncio.gather(*(self._one(event) for event in batch))
+
+    def finish(self) -> ReplayResult:
+        self.result.accounts_notified = len(self._notified)
+        return self.result
+
+    async def _one(self, event: Event) -> None:
+        result = self.result
+        login = LoginEvent(
+            command=Command.REPORT,
+            login=event.login,
+            remote=event.remote,
+            protocol=event.protocol,
+            success=event.success,
+        )
+        try:
+            outcome = await self._recorder.report(login, at=event.at)
+        except AddressError:
+            result.bad_addresses += 1
+            return
+        if not event.success:
+            result.failures += 1
+            return
+        result.logins += 1
+        decision = outcome.decision
+        if outcome.notice_id is not None:
+            result.notices += 1
+            self._notified.add(login.login.casefold())
+            result.by_reason.update(r.value for r in decision.notify)
+            day = datetime.fromtimestamp(event.at, self._zone).date().isoformat()
+            result.by_day[day] += 1
+        elif decision.unusual:
+            result.silent += 1
 
 
 def format_side_by_side(results: dict[str, ReplayResult]) -> str:
