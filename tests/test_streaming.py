@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import io
 import json
 import logging
@@ -12,6 +13,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,8 +23,9 @@ from typing import IO
 
 import pytest
 
-from policy_server.commands.import_log import import_logs
+from policy_server.commands.import_log import import_log, import_logs
 from policy_server.commands.progress import Progress
+from policy_server.commands.replay import replay_configs
 from policy_server.config import Config
 from policy_server.events import Event, EventWriter, ReadStats, merged_events
 
@@ -224,3 +227,94 @@ def test_close_writes_everything_queued_and_the_next_write_reopens(tmp_path: Pat
     assert writer.close()
     assert [json.loads(t)["login"] for t in path.read_text().splitlines()] == ["after"]
     assert writer.dropped == 0
+
+
+# -- import-log and replay end to end ----------------------------------------------------------
+
+
+def store_rows(config: Config, sql: str) -> list[tuple[object, ...]]:
+    with contextlib.closing(sqlite3.connect(config.storage.path)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+async def test_import_log_merges_interleaved_files_gzip_too(
+    tmp_path: Path, make_config: Callable[..., Config]
+) -> None:
+    config = make_config()
+    rotated, current = tmp_path / "mail.log.1.gz", tmp_path / "mail.log"
+    day = 86400.0  # more than [policy] touch_granularity_s between two logins
+    # the rotated file is gzip: times interleave with the current one
+    with gzip.open(rotated, "wt", encoding="utf-8") as packed:
+        packed.write(line(1 * day, "alice", "203.0.113.7") + line(3 * day, "alice", "203.0.113.8"))
+    current.write_text(line(2 * day, "alice", "192.0.2.7") + line(4 * day, "alice", "192.0.2.8"))
+    out = io.StringIO()
+    assert await import_log(config, [current, rotated], UTCZONE, out=out) == 0
+    assert out.getvalue() == (
+        "recorded 4 logins of 1 accounts from 2 file(s) (4 lines, 0 without a login)\n"
+    )
+    assert store_rows(config, "SELECT first_seen, last_seen FROM accounts") == [(day, 4 * day)]
+    assert store_rows(
+        config, "SELECT prefix, first_seen, last_seen, count FROM origins ORDER BY first_seen"
+    ) == [("203.0.113.0/24", day, 3 * day, 2), ("192.0.2.0/24", 2 * day, 4 * day, 2)]
+
+
+async def test_import_log_says_how_many_logins_went_back_in_time(
+    tmp_path: Path, make_config: Callable[..., Config]
+) -> None:
+    config = make_config()
+    log = tmp_path / "mail.log"
+    log.write_text(line(1000.0, "a") + line(2000.0, "b") + line(1500.0, "c") + line(3000.0, "d"))
+    out = io.StringIO()
+    assert await import_log(config, [log], UTCZONE, out=out) == 0
+    assert out.getvalue().splitlines() == [
+        "recorded 4 logins of 4 accounts from 1 file(s) (4 lines, 0 without a login)",
+        "1 logins earlier than a line before them in the same file (a clock step?):"
+        " recorded where they stand",
+    ]
+
+
+async def test_replay_reads_the_logs_once_for_both_configs_as_it_goes(
+    tmp_path: Path, make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pipe can be read only once, and its writer waits until the first logins are in the
+    throw-away stores before it writes the rest: both configs are fed from one read, while it
+    reads."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the throw-away stores go
+    configs = {"current": make_config(), "candidate": make_config(policy={"learning_days": 7})}
+    pipe = tmp_path / "mail.log"
+    os.mkfifo(pipe)
+    first_part = 1500
+    seen_early = threading.Event()
+
+    def replayed() -> int:
+        total = 0
+        for store in scratch.glob("policy-server-replay-*/replay.sqlite3"):
+            with contextlib.suppress(sqlite3.Error):
+                with contextlib.closing(sqlite3.connect(store)) as conn:
+                    ((count,),) = conn.execute("SELECT count(*) FROM accounts").fetchall()
+                total += min(count, 1)
+        return total
+
+    def writer() -> None:
+        with pipe.open("w") as out:
+            out.write("".join(line(1000.0 + i, f"user{i}") for i in range(first_part)))
+            out.flush()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if replayed() == 2:  # both stores have logins already
+                    seen_early.set()
+                    break
+                time.sleep(0.02)  # this thread polls the stores; nothing waits on it
+            out.write("".join(line(9000.0 + i, f"late{i}") for i in range(100)))
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    out = io.StringIO()
+    code = await asyncio.wait_for(replay_configs(configs, [pipe], UTCZONE, True, out=out), 60)
+    thread.join(10)
+    assert code == 0 and seen_early.is_set()
+    document = json.loads(out.getvalue())
+    assert document["events"] == document["lines"] == first_part + 100
+    assert document["current"]["logins"] == document["candidate"]["logins"] == first_part + 100
