@@ -56,6 +56,9 @@ COMMANDS = {
     ("history", "show"),
     ("history", "export"),
     ("history", "forget"),
+    ("blocks", "list"),
+    ("blocks", "add"),
+    ("blocks", "clear"),
     ("import-log",),
     ("replay",),
     ("send-test",),
@@ -71,6 +74,7 @@ READ_ONLY = [
     ["breaker", "status"],
     ["history", "show", "bob"],
     ["history", "export", "bob"],
+    ["blocks", "list"],
     ["send-test", "bob", "--channel", "log"],
 ]
 READ_ONLY_IDS = [" ".join(command[:2]) for command in READ_ONLY]

@@ -30,6 +30,10 @@ from policy_server.model import AddressClass, History, Origin, Reason
 from policy_server.policy import Decision, decide
 from policy_server.store import open_store
 from policy_server.store.base import (
+    Block,
+    BlockKind,
+    BlockSource,
+    BlockTarget,
     Contact,
     DeliveryResult,
     HeldFilter,
@@ -731,7 +735,14 @@ async def test_account_record_and_forget(store: Store) -> None:
     assert limited is not None and len(limited["decisions"]) == 1
 
     counts = await store.forget("alice")
-    assert counts == {"origins": 2, "decisions": 2, "notices": 2, "contacts": 1, "accounts": 1}
+    assert counts == {
+        "origins": 2,
+        "decisions": 2,
+        "notices": 2,
+        "contacts": 1,
+        "blocks": 0,
+        "accounts": 1,
+    }
     assert await store.account_record("alice") is None
     assert (await store.history("alice")).origins == ()
     assert {d["account"] for d in await store.list_deliveries()} == {"bob"}
@@ -814,9 +825,9 @@ async def test_postgres_nodes_migrate_together_once(postgres_schema: str) -> Non
         }
     finally:
         await conn.close()
-    assert versions == [1]
+    assert versions == [1, 2]
     assert {"accounts", "origins", "notices", "deliveries", "contacts", "decisions"} <= tables
-    assert "controls" in tables
+    assert {"controls", "blocks", "block_version"} <= tables
 
 
 async def test_postgres_nodes_racing_on_the_same_accounts(postgres_schema: str) -> None:
@@ -901,3 +912,90 @@ async def test_many_history_reads_at_once_each_get_their_own(store: Store) -> No
         assert len(history.origins) == (2 if i % 2 else 1)
         assert min(k.first_seen for k in history.origins) == 1000.0 + i
     assert histories[-1].is_new
+
+
+# -- blocks ------------------------------------------------------------------------------------
+
+PROVIDER_JP = BlockTarget(BlockKind.PROVIDER, "AS64500", "JP")
+PREFIX_US = BlockTarget(BlockKind.PREFIX, "198.51.100.0/24")
+
+
+def block(account: str, target: BlockTarget, until: float, created: float = 1000.0) -> Block:
+    return Block(account, target, created, until, BlockSource.OWNER, notice_id="n1")
+
+
+async def test_blocks_add_extend_list_and_clear(store: Store) -> None:
+    first = await store.add_block(block("alice", PROVIDER_JP, 5000.0), 1000.0)
+    assert first == block("alice", PROVIDER_JP, 5000.0)
+    # the same target again extends it (never shortens), keeping the first creation
+    later = Block("alice", PROVIDER_JP, 2000.0, 9000.0, BlockSource.OPERATOR)
+    again = await store.add_block(later, 2000.0)
+    assert (again.until, again.created, again.source, again.notice_id) == (
+        9000.0,
+        1000.0,
+        BlockSource.OPERATOR,
+        "n1",
+    )
+    shorter = await store.add_block(block("alice", PROVIDER_JP, 3000.0), 2500.0)
+    assert shorter.until == 9000.0
+    # the same provider in another country is another block
+    await store.add_block(block("alice", BlockTarget(BlockKind.PROVIDER, "AS64500", ""), 4000.0), 1)
+    await store.add_block(block("alice", PREFIX_US, 1500.0), 1000.0)
+    await store.add_block(block("bob", PREFIX_US, 8000.0), 1000.0)
+    listed = await store.list_blocks(1600.0, "alice")
+    assert {b.target for b in listed} == {PROVIDER_JP, BlockTarget(BlockKind.PROVIDER, "AS64500")}
+    assert len(await store.list_blocks(1600.0)) == 3
+    assert len(await store.list_blocks(1000.0)) == 4
+    assert await store.clear_blocks("alice", [PROVIDER_JP, PROVIDER_JP]) == 1
+    assert await store.clear_blocks("alice", [PROVIDER_JP]) == 0
+    # without targets every block of the account goes, expired ones too
+    assert await store.clear_blocks("alice") == 2
+    assert await store.clear_blocks("alice") == 0
+    assert [b.account for b in await store.list_blocks(0.0)] == ["bob"]
+
+
+async def test_active_blocks_are_read_again_only_after_a_change(store: Store) -> None:
+    empty = await store.active_blocks(1000.0, -1)
+    assert empty is not None and empty.blocks == ()
+    assert await store.active_blocks(1000.0, empty.version) is None
+    await store.add_block(block("alice", PROVIDER_JP, 5000.0), 1000.0)
+    await store.add_block(block("bob", PREFIX_US, 1500.0), 1000.0)
+    found = await store.active_blocks(2000.0, empty.version)
+    assert found is not None and found.version > empty.version
+    assert [(b.account, b.target) for b in found.blocks] == [("alice", PROVIDER_JP)]
+    assert await store.active_blocks(2000.0, found.version) is None
+    # a clear that deletes nothing changes nothing; one that does is seen
+    assert await store.clear_blocks("carol") == 0
+    assert await store.active_blocks(2000.0, found.version) is None
+    assert await store.clear_blocks("alice") == 1
+    cleared = await store.active_blocks(2000.0, found.version)
+    assert cleared is not None and cleared.blocks == ()
+
+
+async def test_blocks_are_in_the_account_record_and_forgotten(store: Store) -> None:
+    await record(store, login("alice", at=1000.0))
+    await store.add_block(block("alice", PROVIDER_JP, 5000.0), 1000.0)
+    found = await store.account_record("alice")
+    assert found is not None
+    assert found["blocks"] == [
+        {
+            "account": "alice",
+            "kind": "provider",
+            "key": "AS64500",
+            "country": "JP",
+            "created": 1000.0,
+            "until": 5000.0,
+            "source": "owner",
+            "notice_id": "n1",
+        }
+    ]
+    # a block alone is a record too
+    await store.add_block(block("dave", PREFIX_US, 5000.0), 1000.0)
+    only = await store.account_record("dave")
+    assert only is not None and len(only["blocks"]) == 1
+    version = await store.active_blocks(0.0, -1)
+    assert version is not None
+    counts = await store.forget("alice")
+    assert counts["blocks"] == 1
+    assert [b.account for b in await store.list_blocks(0.0)] == ["dave"]
+    assert await store.active_blocks(0.0, version.version) is not None

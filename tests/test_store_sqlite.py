@@ -60,6 +60,7 @@ async def test_schema_version_recorded_once(tmp_path: Path) -> None:
         (2,),
         (3,),
         (4,),
+        (5,),
     ]
 
 

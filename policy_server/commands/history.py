@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any, TextIO, TypeAlias
@@ -110,6 +111,18 @@ async def history_show(config: Config, login: str, out: TextIO | None = None) ->
             f"{row['count']} logins  {state}",
             file=out,
         )
+    now = time.time()
+    blocks = [row for row in record["blocks"] if row["until"] > now]
+    print(f"blocks in force ({len(blocks)}):", file=out)
+    for row in blocks:
+        what = f"{row['kind']} {row['key']}"
+        if row["kind"] == "provider":
+            what += f" in {row['country'] or '??'}"
+        print(
+            f"  {what}  until {_short(row['until'])}  by {row['source']}"
+            f"{' from notice ' + row['notice_id'] if row['notice_id'] else ''}",
+            file=out,
+        )
     print(f"recent decisions ({len(record['decisions'])}):", file=out)
     for row in record["decisions"]:
         outcome = f"notified {row['notice_id']}" if row["notified"] else "not notified"
@@ -139,12 +152,15 @@ async def history_export(config: Config, login: str, out: TextIO | None = None) 
         row["first_seen"], row["last_seen"] = _iso(row["first_seen"]), _iso(row["last_seen"])
     for row in record["decisions"]:
         row["at"] = _iso(row["at"])
+    for row in record["blocks"]:
+        row["created"], row["until"] = _iso(row["created"]), _iso(row["until"])
     print(json.dumps(record, ensure_ascii=False, indent=2), file=out)
     return 0
 
 
 async def history_forget(config: Config, login: str, out: TextIO | None = None) -> int:
-    """Delete everything stored about an account (history, decisions, notices, contact)."""
+    """Delete everything stored about an account (history, decisions, notices, contact,
+    blocks)."""
     async with store_session(config, migrate=True) as store:
         counts = await store.forget(normalize_login(login, config.accounts))
     if not any(counts.values()):

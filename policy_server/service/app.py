@@ -25,6 +25,7 @@ from ..origin.resolver import OriginResolver
 from ..store import open_store
 from . import keys
 from .auth import Authenticator
+from .blocks import BlockSet
 from .handlers import timed_endpoint
 from .metrics import Metrics, monitoring_app, monitoring_listener
 from .recorder import LoginRecorder
@@ -170,6 +171,20 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
         events.close()
 
 
+async def _blocks_ctx(app: web.Application) -> AsyncIterator[None]:
+    blocks = BlockSet(app[keys.STORE], app[keys.METRICS])
+    # a start without the blocks would let blocked origins in: a store failure stops it
+    await blocks.refresh()
+    if blocks:
+        log.info("blocks: %d in force", len(blocks))
+    app[keys.BLOCKS] = blocks
+    task = asyncio.create_task(blocks.run(), name="blocks-refresh")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def _geo_guard_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     await check_geo_change(
@@ -292,7 +307,15 @@ def create_app(
     app[keys.STATS] = Stats(metrics=metrics)
     app[keys.AUTH] = Authenticator(config.server)
     app.cleanup_ctx.extend(
-        [_origin_ctx, _store_ctx, _channels_ctx, _geo_guard_ctx, _worker_ctx, _monitoring_ctx]
+        [
+            _origin_ctx,
+            _store_ctx,
+            _blocks_ctx,
+            _channels_ctx,
+            _geo_guard_ctx,
+            _worker_ctx,
+            _monitoring_ctx,
+        ]
     )
     app.on_startup.append(_freeze_heap)
     app.on_shutdown.append(_stopping)

@@ -1,8 +1,10 @@
 """The Dovecot-facing HTTP endpoint.
 
-``allow`` is answered at once. ``report`` is recorded and answered after its commit, inside a
-time budget: when the budget runs out or anything fails, Dovecot gets ``{"status":0}`` anyway
-(fail open) and the work, if still running, is left to finish on its own.
+``allow`` is answered at once: refused (status -1) only when the account blocked the login's
+origin, which is looked up only for an account with blocks. ``report`` is recorded and
+answered after its commit, inside a time budget: when the budget runs out or anything fails,
+Dovecot gets ``{"status":0}`` anyway (fail open) and the work, if still running, is left to
+finish on its own.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import time
 
 from aiohttp import web
 
+from ..accounts import normalize_login
 from ..logs import RateLimitedLog
-from ..model import Command
+from ..model import Command, LoginEvent
 from ..protocol import ALLOW_ANSWER, REPORT_ANSWER, ProtocolError, parse_request
 from ..store.base import Outcome, Overloaded
 from . import keys
@@ -25,6 +28,8 @@ log = logging.getLogger("policy_server.http")
 _limited = RateLimitedLog(log)
 
 _JSON = "application/json"
+# the answer to a login from an origin its account blocked: refused before the passdb
+ALLOW_REFUSED = b'{"status":-1,"msg":"login refused from this network; see your notice"}'
 
 
 def _answer(body: bytes, status: int = 200) -> web.Response:
@@ -94,6 +99,13 @@ async def policy_endpoint(request: web.Request) -> web.Response:
     for repair in event.repairs:
         _limited.log(logging.WARNING, "repaired", "request from %s: %s", request.remote, repair)
     if event.command is Command.ALLOW:
+        # only an account with blocks costs more than a dictionary lookup
+        if app[keys.BLOCKS] and _refused(app, event):
+            stats.count("allow", "refused")
+            metrics = stats.metrics
+            if metrics is not None:
+                metrics.allow_refused.inc()
+            return _answer(ALLOW_REFUSED)
         stats.count("allow", "ok")
         return _answer(ALLOW_ANSWER)
 
@@ -124,6 +136,25 @@ async def policy_endpoint(request: web.Request) -> web.Response:
         return _report_failed(stats, exc)
     _count_outcome(stats, outcome)
     return _answer(REPORT_ANSWER)
+
+
+def _refused(app: web.Application, event: LoginEvent) -> bool:
+    """Whether the login's account blocked its origin; never True on an error (fail open)."""
+    try:
+        account = normalize_login(event.login, app[keys.CONFIG].accounts)
+        blocks = app[keys.BLOCKS]
+        if blocks.of(account) is None:
+            return False
+        origin = app[keys.RECORDER].origin(event.remote)
+        return blocks.refusing(account, origin, time.time()) is not None
+    except Exception as exc:
+        _limited.log(
+            logging.WARNING,
+            f"allow:{type(exc).__name__}",
+            "allow checked against blocks failed, answered status 0: %s",
+            exc,
+        )
+        return False
 
 
 def _fail_open(stats: Stats, reason: str, level: int, msg: str, *args: object) -> web.Response:

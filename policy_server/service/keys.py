@@ -14,6 +14,7 @@ from ..delivery.worker import Worker
 from ..origin.resolver import OriginResolver
 from ..store.base import Store
 from .auth import Authenticator
+from .blocks import BlockSet
 from .metrics import Metrics
 from .recorder import LoginRecorder
 from .stats import Stats
@@ -32,3 +33,4 @@ ALERTS = web.AppKey("alerts", AdminAlerts)
 RUN_WORKER = web.AppKey("run_worker", bool)
 REUSE_PORT = web.AppKey("reuse_port", bool)
 WORKER_TASK: web.AppKey[asyncio.Task[None]] = web.AppKey("worker_task")
+BLOCKS = web.AppKey("blocks", BlockSet)

@@ -73,6 +73,16 @@ class Metrics:
         self.notices = Counter(
             "policy_server_notices_queued", "Notices queued for delivery.", registry=r
         )
+        self.allow_refused = Counter(
+            "policy_server_allow_refused",
+            "Logins refused before authentication: the account blocked their origin.",
+            registry=r,
+        )
+        self.blocks_active = Gauge(
+            "policy_server_blocks_active",
+            "Blocks of an origin in force, as this process last read them.",
+            registry=r,
+        )
         self.deliveries = Counter(
             "policy_server_deliveries",
             "Delivery outcomes by channel: sent, retried, dead, held, undeliverable, folded,"

@@ -166,6 +166,71 @@ class AccountRecord(TypedDict):
     origins: list[dict[str, Any]]
     decisions: list[dict[str, Any]]
     notices: list[dict[str, Any]]
+    blocks: list[dict[str, Any]]
+
+
+class BlockKind(StrEnum):
+    """What a block of an origin covers."""
+
+    #: the origin's provider (``KnownOrigin.provider``: "AS64500", "org:...") in its country
+    PROVIDER = "provider"
+    #: the origin's network prefix
+    PREFIX = "prefix"
+
+
+class BlockSource(StrEnum):
+    """Who made a block."""
+
+    OWNER = "owner"
+    OPERATOR = "operator"
+
+
+@dataclass(frozen=True, slots=True)
+class BlockTarget:
+    """What one block refuses: a provider in a country ("" when unknown), or a prefix
+    (``country`` is then "")."""
+
+    kind: BlockKind
+    key: str
+    country: str = ""
+
+    def describe(self) -> str:
+        if self.kind is BlockKind.PREFIX:
+            return f"prefix {self.key}"
+        return f"provider {self.key} in {self.country or 'an unknown country'}"
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """An account's block of an origin, refused on ``allow`` until ``until`` (unix seconds)."""
+
+    account: str
+    target: BlockTarget
+    created: float
+    until: float
+    source: BlockSource = BlockSource.OPERATOR
+    notice_id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, as ``history export`` and ``blocks list`` show it."""
+        return {
+            "account": self.account,
+            "kind": self.target.kind.value,
+            "key": self.target.key,
+            "country": self.target.country or None,
+            "created": self.created,
+            "until": self.until,
+            "source": self.source.value,
+            "notice_id": self.notice_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveBlocks:
+    """Every active block and the store's block version they were read at."""
+
+    version: int
+    blocks: tuple[Block, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,10 +417,37 @@ class QueueStore(Controls, Protocol):
         ...
 
 
+# -- blocks ------------------------------------------------------------------------------------
+
+
+class Blocks(Protocol):
+    """Accounts' blocks of origins: written by owners and operators, read by every node."""
+
+    async def add_block(self, block: Block, now: float) -> Block:
+        """Insert the block, or extend the one of the same account and target (its ``until``
+        becomes the later of the two); returns the block as stored. Changes the version."""
+        ...
+
+    async def list_blocks(self, now: float, account: str | None = None) -> list[Block]:
+        """The blocks active at ``now`` (of ``account``, or of every account), by account and
+        creation time."""
+        ...
+
+    async def clear_blocks(self, account: str, targets: Sequence[BlockTarget] | None = None) -> int:
+        """Delete the account's blocks (only those of ``targets`` when given, active or not);
+        returns how many. Changes the version when it deleted any."""
+        ...
+
+    async def active_blocks(self, now: float, since_version: int) -> ActiveBlocks | None:
+        """Every block active at ``now`` with the current version; None (one tiny read) when
+        the version is still ``since_version``: nothing was added or deleted since."""
+        ...
+
+
 # -- operators ---------------------------------------------------------------------------------
 
 
-class OperatorStore(Controls, Protocol):
+class OperatorStore(Controls, Blocks, Protocol):
     """What operators (and the metrics and the geo guard, on their behalf) read and write."""
 
     async def contact(self, account: str) -> Contact | None:
@@ -403,7 +495,7 @@ class OperatorStore(Controls, Protocol):
 
     async def account_record(self, account: str, decisions: int = 50) -> AccountRecord | None:
         """Everything stored about an account (row, contact, origins, recent decisions,
-        notices), as JSON-ready data; None when nothing is."""
+        notices, blocks), as JSON-ready data; None when nothing is."""
         ...
 
     async def forget(self, account: str) -> dict[str, int]:
@@ -425,7 +517,7 @@ class OperatorStore(Controls, Protocol):
         ...
 
 
-class Store(LoginStore, QueueStore, OperatorStore, Protocol):
+class Store(LoginStore, QueueStore, OperatorStore, Blocks, Protocol):
     """Everything, and the connection's life: what a backend implements."""
 
     async def open(self, migrate: bool = True) -> None:

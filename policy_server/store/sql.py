@@ -27,6 +27,11 @@ from .base import (
     RELEASED,
     UNDELIVERED,
     AccountRecord,
+    ActiveBlocks,
+    Block,
+    BlockKind,
+    BlockSource,
+    BlockTarget,
     Contact,
     Delivery,
     DeliveryResult,
@@ -191,6 +196,37 @@ INSERT_DECISION = (
     " notified, note, notice_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 UPDATE_PAYLOAD = "UPDATE notices SET payload = ? WHERE account = ? AND id = ?"
+
+_BLOCK_COLUMNS = "account, kind, key, country, created, until, source, notice_id"
+# a block again extends it: the later end wins, the first creation and notice stay
+UPSERT_BLOCK = (
+    f"INSERT INTO blocks ({_BLOCK_COLUMNS}, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (account, kind, key, country) DO UPDATE SET"
+    f" until = {_larger('blocks.until', 'excluded.until')},"
+    " notice_id = coalesce(blocks.notice_id, excluded.notice_id),"
+    " source = excluded.source, updated = excluded.updated"
+)
+SELECT_BLOCK = (
+    f"SELECT {_BLOCK_COLUMNS} FROM blocks"
+    " WHERE account = ? AND kind = ? AND key = ? AND country = ?"
+)
+# every write to the blocks bumps the version, in its transaction: a node whose set was read
+# at the current version has nothing to read again
+BUMP_BLOCKS = "UPDATE block_version SET version = version + 1"
+BLOCKS_VERSION = "SELECT version FROM block_version"
+
+
+def _block(row: Sequence[Any]) -> Block:
+    account, kind, key, country, created, until, source, notice_id = row
+    return Block(
+        account=str(account),
+        target=BlockTarget(BlockKind(kind), str(key), str(country or "")),
+        created=float(created),
+        until=float(until),
+        source=BlockSource(source),
+        notice_id=notice_id,
+    )
+
 
 _GIVE_BACK = _larger("attempts - 1", "0")
 _UNCLAIM = "claimed_by = NULL, lease_until = NULL"
@@ -749,6 +785,66 @@ class SQLStore(GroupCommit, Store):
             rows = await conn.fetch(sql, limit)
         return [(str(r[0]), r[1] or None, r[2] or None) for r in rows]
 
+    # -- blocks ------------------------------------------------------------------------------
+
+    @store_errors
+    async def add_block(self, block: Block, now: float) -> Block:
+        target = block.target
+        key = (block.account, target.kind.value, target.key, target.country)
+        async with self.transaction() as tx:
+            await tx.execute(
+                UPSERT_BLOCK,
+                *key,
+                block.created,
+                block.until,
+                block.source.value,
+                block.notice_id,
+                now,
+            )
+            await tx.execute(BUMP_BLOCKS)
+            rows = await tx.fetch(SELECT_BLOCK, *key)
+        return _block(rows[0])
+
+    @store_errors
+    async def list_blocks(self, now: float, account: str | None = None) -> list[Block]:
+        sql = f"SELECT {_BLOCK_COLUMNS} FROM blocks WHERE until > ?"
+        params: list[Any] = [now]
+        if account is not None:
+            sql += " AND account = ?"
+            params.append(account)
+        sql += " ORDER BY account, created, kind, key, country"
+        async with self.reading() as conn:
+            rows = await conn.fetch(sql, *params)
+        return [_block(row) for row in rows]
+
+    @store_errors
+    async def clear_blocks(self, account: str, targets: Sequence[BlockTarget] | None = None) -> int:
+        cleared = 0
+        async with self.transaction() as tx:
+            if targets is None:
+                cleared = await tx.execute("DELETE FROM blocks WHERE account = ?", account)
+            else:
+                sql = (
+                    "DELETE FROM blocks WHERE account = ? AND kind = ? AND key = ? AND country = ?"
+                )
+                for target in dict.fromkeys(targets):
+                    cleared += await tx.execute(
+                        sql, account, target.kind.value, target.key, target.country
+                    )
+            if cleared:
+                await tx.execute(BUMP_BLOCKS)
+        return cleared
+
+    @store_errors
+    async def active_blocks(self, now: float, since_version: int) -> ActiveBlocks | None:
+        async with self.reading() as conn:
+            # the version first: rows read after it are at least as new as it says
+            ((version,),) = await conn.fetch(BLOCKS_VERSION)
+            if int(version) == since_version:
+                return None
+            rows = await conn.fetch(f"SELECT {_BLOCK_COLUMNS} FROM blocks WHERE until > ?", now)
+        return ActiveBlocks(int(version), tuple(_block(row) for row in rows))
+
     # -- privacy and history -----------------------------------------------------------------
 
     @store_errors
@@ -760,7 +856,11 @@ class SQLStore(GroupCommit, Store):
                 " FROM accounts WHERE account = ?",
                 account,
             )
-            if not found and contact is None:
+            blocks = await conn.fetch(
+                f"SELECT {_BLOCK_COLUMNS} FROM blocks WHERE account = ? ORDER BY created",
+                account,
+            )
+            if not found and contact is None and not blocks:
                 return None
             origins = await conn.fetch_dicts(
                 f"SELECT {_ORIGIN_COLUMNS} FROM origins WHERE account = ? ORDER BY last_seen DESC",
@@ -795,6 +895,7 @@ class SQLStore(GroupCommit, Store):
             "origins": origins,
             "decisions": recent,
             "notices": [json.loads(_text(row[0])) for row in notices],
+            "blocks": [_block(row).as_dict() for row in blocks],
         }
 
     @store_errors
@@ -803,9 +904,11 @@ class SQLStore(GroupCommit, Store):
         async with self.transaction() as tx:
             # the lock a login batch takes: no login of the account commits half-forgotten
             await self.dialect.lock_accounts(tx, [account])
-            for table in ("origins", "decisions", "notices", "contacts", "accounts"):
+            for table in ("origins", "decisions", "notices", "contacts", "blocks", "accounts"):
                 # deliveries go with their notices (ON DELETE CASCADE)
                 counts[table] = await tx.execute(f"DELETE FROM {table} WHERE account = ?", account)
+            if counts["blocks"]:
+                await tx.execute(BUMP_BLOCKS)
         return counts
 
     @store_errors

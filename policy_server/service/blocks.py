@@ -1,0 +1,129 @@
+"""Accounts' blocks of origins, in memory, for the ``allow`` path.
+
+The set holds every active block of the store, by account, and reads them again in the
+background (``run``): a read that finds the store's block version unchanged costs one tiny
+query, so a block made through any node is enforced by every node within a refresh or two.
+What this process adds or clears is read back at once.
+
+``allow`` asks ``refusing`` only for an account with blocks; an empty set or an account
+without blocks costs one dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Literal
+
+from ..logs import RateLimitedLog
+from ..model import Origin
+from ..store.base import Block, BlockKind, Blocks, BlockTarget, StoreError
+from .metrics import Metrics
+
+log = logging.getLogger("policy_server.blocks")
+_limited = RateLimitedLog(log)
+
+#: how often the set reads the store's block version
+REFRESH_S = 1.0
+
+Scope = Literal["provider", "prefix"]
+
+
+def target_for(origin: Origin, scope: Scope) -> BlockTarget:
+    """What blocking ``origin`` blocks: its provider in its country (``scope="provider"``,
+    its prefix when the provider is unknown), or its prefix."""
+    provider = origin.provider
+    if scope == "provider" and provider is not None:
+        return BlockTarget(BlockKind.PROVIDER, provider, origin.country or "")
+    return BlockTarget(BlockKind.PREFIX, origin.prefix)
+
+
+def targets_of(origin: Origin) -> tuple[BlockTarget, ...]:
+    """Every target a block could name that covers ``origin`` (whatever the scope was)."""
+    prefix = BlockTarget(BlockKind.PREFIX, origin.prefix)
+    provider = origin.provider
+    if provider is None:
+        return (prefix,)
+    return (BlockTarget(BlockKind.PROVIDER, provider, origin.country or ""), prefix)
+
+
+class BlockSet:
+    """Every active block, by account, as last read from the store."""
+
+    def __init__(
+        self, store: Blocks, metrics: Metrics | None = None, refresh_s: float = REFRESH_S
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._refresh_s = refresh_s
+        self._version = -1
+        # account -> its blocks' targets and their ends
+        self._by_account: dict[str, dict[BlockTarget, float]] = {}
+        self._lock = asyncio.Lock()
+
+    def __bool__(self) -> bool:
+        return bool(self._by_account)
+
+    def __len__(self) -> int:
+        return sum(len(blocks) for blocks in self._by_account.values())
+
+    def of(self, account: str) -> dict[BlockTarget, float] | None:
+        """The account's blocks (target -> until), None when it has none."""
+        return self._by_account.get(account)
+
+    def refusing(self, account: str, origin: Origin, now: float) -> BlockTarget | None:
+        """The active block of ``account`` that covers ``origin``, if any."""
+        blocks = self._by_account.get(account)
+        if not blocks:
+            return None
+        for target in targets_of(origin):
+            until = blocks.get(target)
+            if until is not None and until > now:
+                return target
+        return None
+
+    async def refresh(self, force: bool = False) -> bool:
+        """Read the blocks again if the store's version changed (``force``: in any case);
+        True when the set was replaced. Raises StoreError."""
+        async with self._lock:
+            now = time.time()
+            found = await self._store.active_blocks(now, -1 if force else self._version)
+            if found is not None:
+                by_account: dict[str, dict[BlockTarget, float]] = {}
+                for block in found.blocks:
+                    by_account.setdefault(block.account, {})[block.target] = block.until
+                self._by_account = by_account
+                self._version = found.version
+            if self._metrics is not None:
+                self._metrics.blocks_active.set(
+                    sum(1 for b in self._by_account.values() for u in b.values() if u > now)
+                )
+            return found is not None
+
+    async def add(self, block: Block, now: float) -> Block:
+        """Store a block (or extend the same one) and enforce it here at once."""
+        stored = await self._store.add_block(block, now)
+        await self.refresh()
+        return stored
+
+    async def clear(self, account: str, targets: Sequence[BlockTarget] | None = None) -> int:
+        """Delete the account's blocks (of ``targets`` only when given), here at once too."""
+        cleared = await self._store.clear_blocks(account, targets)
+        await self.refresh()
+        return cleared
+
+    async def run(self) -> None:
+        """Refresh for ever, every ``refresh_s``; a failed read keeps the set in use."""
+        while True:
+            await asyncio.sleep(self._refresh_s)
+            try:
+                await self.refresh()
+            except StoreError as exc:
+                _limited.log(
+                    logging.WARNING,
+                    "refresh",
+                    "blocks not refreshed, keeping those in use: %s",
+                    exc,
+                )
