@@ -13,6 +13,7 @@ import re
 import string
 import tomllib
 import typing
+import urllib.parse
 import warnings
 import zoneinfo
 from pathlib import Path
@@ -22,6 +23,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -246,6 +248,86 @@ class MessageConfig(_Model):
         return value
 
 
+#: the shortest [web] secret accepted (an HMAC-SHA256 key)
+MIN_SECRET_CHARS = 32
+
+
+class WebConfig(_Model):
+    """The owner's links in every notice ("It was me" / "It wasn't me") and their pages.
+
+    Links exist only when ``public_url`` and ``secret`` are both set. The secret is kept as a
+    :class:`~pydantic.SecretStr`: its repr, a dump of the config and every error message show
+    ``**********`` instead.
+    """
+
+    # "host:port" the owner-facing pages listen on; "" = pages off (links still work elsewhere)
+    listen: str = ""
+    # the base of the links, e.g. "https://mail.example.com/notice"
+    public_url: str = ""
+    # the HMAC-SHA256 key the links are signed with
+    secret: SecretStr = SecretStr("")
+    # a link works for this many days after the notice's login
+    link_days: int = Field(default=7, ge=1, le=90)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        if value:
+            parse_listen(value)
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str) -> str:
+        if not value:
+            return value
+        try:
+            url = urllib.parse.urlsplit(value)
+            host = url.hostname
+            url.port  # noqa: B018 (a bad port raises here)
+        except ValueError:
+            host = None
+        if url.scheme not in ("http", "https") or not host or any(c.isspace() for c in value):
+            raise ValueError(
+                'must be an http:// or https:// URL, e.g. "https://mail.example.com/notice"'
+            )
+        if url.query or url.fragment or "?" in value or "#" in value or "@" in url.netloc:
+            raise ValueError("must be a plain base URL: no user, query (?...) or fragment (#...)")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _check_secret(cls, value: SecretStr) -> SecretStr:
+        # the message never repeats the value
+        text = value.get_secret_value()
+        if text and len(text) < MIN_SECRET_CHARS:
+            raise ValueError(
+                f"must be at least {MIN_SECRET_CHARS} characters"
+                " (e.g. the output of `openssl rand -base64 32`)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_together(self) -> WebConfig:
+        secret = bool(self.secret.get_secret_value())
+        if not self.public_url and (self.listen or secret):
+            raise ValueError(
+                f"public_url is required when {'listen' if self.listen else 'secret'} is set"
+                ' (the base of the links, e.g. "https://mail.example.com/notice")'
+            )
+        if self.public_url and not secret:
+            raise ValueError(
+                "secret is required when public_url is set (the key the links are signed with,"
+                f" at least {MIN_SECRET_CHARS} characters)"
+            )
+        return self
+
+    @property
+    def links_on(self) -> bool:
+        """Whether notices carry the owner's links."""
+        return bool(self.public_url and self.secret.get_secret_value())
+
+
 class ThrottleRule(_Model):
     max: int = Field(ge=1)
     window_s: float = Field(gt=0)
@@ -329,6 +411,15 @@ class QueueConfig(_Model):
     # the worker's name in claims: "" is the host's name; each process on a node takes a slot
     # of it ("mail1/0", "mail1/1"), so a restarted process knows its predecessor's claims
     worker_id: str = Field(default="", max_length=100, pattern=r"^[^#/\s]*$")
+
+
+class ResponseConfig(_Model):
+    # what an owner's (or an operator's) block of a login's origin covers: "provider" is the
+    # origin's provider in its country (its prefix when the provider is unknown), "prefix" the
+    # network prefix only
+    block_scope: Literal["provider", "prefix"] = "provider"
+    # how long a block lasts; blocking the same origin again extends it
+    block_days: int = Field(default=7, ge=1, le=365)
 
 
 RecipientFallback = Literal["none", "login", "template"]
@@ -530,6 +621,8 @@ class Config(_Model):
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    response: ResponseConfig = ResponseConfig()
+    web: WebConfig = WebConfig()
     channels: tuple[ChannelConfig, ...] = (LogChannelConfig(type="log", name="log"),)
 
     @model_validator(mode="before")

@@ -341,3 +341,92 @@ def test_check_config_accepts_the_geo_files_the_service_reads(
         tmp_path, capsys, country_db=geo_files[country], asn_db=geo_files[asn], **names
     )
     assert (code, err) == (0, "")
+
+
+WEB_SECRET = "an-hmac-key-for-the-links-0123456789"
+
+
+def web_errors(**web: object) -> list[tuple[str, str]]:
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping({"web": web})
+    return info.value.errors
+
+
+def test_web_defaults_have_no_links() -> None:
+    web = Config().web
+    assert (web.listen, web.public_url, web.link_days) == ("", "", 7)
+    assert web.secret.get_secret_value() == "" and not web.links_on
+
+
+def test_web_section_loads() -> None:
+    config = config_from_mapping(
+        {
+            "web": {
+                "listen": "[::1]:4010",
+                "public_url": "https://mail.example.com/notice",
+                "secret": WEB_SECRET,
+                "link_days": 30,
+            }
+        }
+    )
+    assert config.web.links_on and config.web.link_days == 30
+    assert config.web.secret.get_secret_value() == WEB_SECRET
+    # links without pages of our own (another server shows them) are fine
+    assert config_from_mapping(
+        {"web": {"public_url": "http://127.0.0.1:8080/n", "secret": WEB_SECRET}}
+    ).web.links_on
+
+
+def test_web_validation_errors() -> None:
+    assert web_errors(public_url="https://mail.example.com/notice") == [
+        (
+            "web",
+            "secret is required when public_url is set (the key the links are signed with,"
+            " at least 32 characters)",
+        )
+    ]
+    [(path, message)] = web_errors(secret=WEB_SECRET)
+    assert path == "web" and message.startswith("public_url is required when secret is set")
+    [(path, message)] = web_errors(listen="127.0.0.1:4010")
+    assert path == "web" and message.startswith("public_url is required when listen is set")
+    [(path, message)] = web_errors(public_url="https://mail.example.com/n", secret="short-one")
+    assert path == "web.secret" and "at least 32 characters" in message
+    for url in (
+        "mail.example.com/notice",
+        "ftp://mail.example.com/notice",
+        "https://",
+        "https://mail.example.com:99999/n",
+        "https://mail example.com/n",
+    ):
+        [(path, message)] = web_errors(public_url=url, secret=WEB_SECRET)
+        assert path == "web.public_url" and "http:// or https:// URL" in message, url
+    for url in (
+        "https://mail.example.com/n?x=1",
+        "https://mail.example.com/n#top",
+        "https://u@m.jp/",
+    ):
+        [(path, message)] = web_errors(public_url=url, secret=WEB_SECRET)
+        assert path == "web.public_url" and "plain base URL" in message, url
+    [(path, _)] = web_errors(listen="nowhere", public_url="https://m.jp/n", secret=WEB_SECRET)
+    assert path == "web.listen"
+    for days in (0, 91):
+        [(path, _)] = web_errors(public_url="https://m.jp/n", secret=WEB_SECRET, link_days=days)
+        assert path == "web.link_days"
+
+
+def test_web_secret_is_never_shown(tmp_path: Path) -> None:
+    short = "s3cr3t-but-too-short"
+    errors = web_errors(public_url="https://m.jp/n", secret=short)
+    assert short not in str(errors)
+    config = config_from_mapping({"web": {"public_url": "https://m.jp/n", "secret": WEB_SECRET}})
+    assert WEB_SECRET not in repr(config) and WEB_SECRET not in str(config.model_dump())
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'[web]\npublic_url = "ftp://x"\nsecret = "{short}"\n', encoding="utf-8")
+    run = subprocess.run(
+        [sys.executable, "-m", "policy_server", "check-config", "-c", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode != 0 and "web.secret" in run.stdout + run.stderr
+    assert short not in run.stdout + run.stderr

@@ -5,16 +5,19 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from support import make_notice
 
-from policy_server.config import MessageConfig
+from policy_server.config import MessageConfig, WebConfig
 from policy_server.delivery.render import Renderer, TemplateError, protocol_labels
 from policy_server.model import Notice, Reason, Recipient
+from policy_server.web.tokens import read_token
 
 HELP_URL = "https://mail.example.jp/help/password"
 
@@ -307,3 +310,80 @@ def test_check_config_reports_a_broken_template(tmp_path: Path) -> None:
     conf = tmp_path / "c.toml"
     conf.write_text(f'[message]\ntemplates_dir = "{tmp_path / "t"}"\n', encoding="utf-8")
     assert main(["check-config", "-c", str(conf)]) == 1
+
+
+LINKS_SECRET = "an-hmac-key-for-the-links-0123456789"
+WEB = WebConfig(public_url="https://mail.example.com/notice", secret=SecretStr(LINKS_SECRET))
+
+
+def link_tokens(text: str) -> dict[str, str]:
+    """action -> token of each owner's link in ``text``."""
+    found = re.findall(r"https://mail\.example\.com/notice/(confirm|deny|page)\?t=([\w-]+)", text)
+    return dict(found)
+
+
+@pytest.mark.parametrize("language", ["ja", "en"])
+def test_owner_links_in_every_message(notice: Notice, language: str) -> None:
+    message = Renderer(config(language=language), WEB).render(notice)
+    # e-mail body (also the webhook's message): both answers, each on a line of its own
+    body = link_tokens(message.body)
+    assert set(body) == {"confirm", "deny"}
+    for action, token in body.items():
+        assert f"\n{message.links and getattr(message.links, action)}\n" in message.body
+        read = read_token(LINKS_SECRET, token, notice.time.timestamp(), action=action)
+        assert (read.notice_id, read.account) == (notice.id, notice.account)
+    explanation = {
+        "en": ("If this was you", "block further logins from that network for your account"),
+        "ja": ("ご本人の場合は", "ログインを以後ブロックします"),
+    }[language]
+    assert all(words in message.body for words in explanation)
+    # the SMS: one short link to the page with both buttons
+    assert set(link_tokens(message.short)) == {"page"}
+    assert message.short.count("https://") == 1
+    assert message.links is not None and message.links.page in message.short
+    assert link_tokens(message.subject) == {}
+
+
+@pytest.mark.parametrize("language", ["ja", "en"])
+def test_no_links_when_off(notice: Notice, language: str) -> None:
+    for web in (None, WebConfig()):
+        message = Renderer(config(language=language), web).render(notice)
+        assert message.links is None
+        for text in (message.body, message.short, message.subject):
+            assert "mail.example.com/notice" not in text and "?t=" not in text
+            assert "\n\n\n" not in text and not text.startswith("\n")
+        assert "Was this you" not in message.body and "ご本人によるアクセス" not in message.body
+        # the SMS keeps today's advice instead
+        assert HELP_URL in message.short
+
+
+def test_links_off_render_as_without_the_links_section(notice: Notice) -> None:
+    for language in ("ja", "en"):
+        off = Renderer(config(language=language)).render(notice).body
+        on = Renderer(config(language=language), WEB).render(notice).body
+        start = on.index("■ Was this you?" if language == "en" else "■ご本人によるアクセスですか？")
+        end = on.index("\n\n", start) + 1
+        assert on[: start - 1] + on[end:] == off
+
+
+def test_templates_see_the_links_and_check_renders_them(tmp_path: Path, notice: Notice) -> None:
+    write_template(tmp_path, "de", "Ja: {{ confirm_url }}\nNein: {{ deny_url }}\n{{ page_url }}\n")
+    renderer = Renderer(config(templates_dir=str(tmp_path)), WEB)
+    assert renderer.check() == []
+    text = renderer.render(notice, Recipient(language="de")).body
+    assert set(link_tokens(text)) == {"confirm", "deny", "page"}
+    assert (
+        Renderer(config(templates_dir=str(tmp_path))).render(notice, Recipient(language="de")).body
+        == "Ja: \nNein: \n\n"
+    )
+
+
+def test_check_config_accepts_links(tmp_path: Path) -> None:
+    from policy_server.commands.main import main
+
+    conf = tmp_path / "c.toml"
+    conf.write_text(
+        f'[web]\npublic_url = "https://mail.example.com/notice"\nsecret = "{LINKS_SECRET}"\n',
+        encoding="utf-8",
+    )
+    assert main(["check-config", "-c", str(conf)]) == 0

@@ -27,7 +27,7 @@ from standardwebhooks.webhooks import Webhook
 from support import ScriptedPeer, make_notice, scripted_peer
 
 from policy_server import __version__
-from policy_server.config import LogChannelConfig, WebhookChannelConfig
+from policy_server.config import LogChannelConfig, MessageConfig, WebConfig, WebhookChannelConfig
 from policy_server.delivery.channels.base import Channel, build_channel
 from policy_server.delivery.channels.errors import (
     DeliveryError,
@@ -36,8 +36,9 @@ from policy_server.delivery.channels.errors import (
 )
 from policy_server.delivery.channels.log import LogChannel
 from policy_server.delivery.channels.webhook import MAX_RETRY_AFTER_S, WebhookChannel
-from policy_server.delivery.render import RenderedMessage
+from policy_server.delivery.render import RenderedMessage, Renderer
 from policy_server.model import Notice, Reason
+from policy_server.web.tokens import read_token
 
 TEXT = "【Example Mailへのアクセスのお知らせ】\n■国・地域（推定）\n不明\n"
 MESSAGE = RenderedMessage(subject="subject", body=TEXT, short="short", language="ja")
@@ -126,6 +127,7 @@ async def test_payload_is_the_contract(
         "network": None,
         "network_label": None,
         "earlier": [],
+        "links": None,
         "message": TEXT,
     }
     assert request.headers["Content-Type"] == "application/json"
@@ -362,3 +364,43 @@ async def test_log_channel_writes_one_line(
     assert "login=Taro@example.jp" in line
     assert "reasons=new_country,new_provider" in line
     assert "line one\\nline two\\r\\nforged=1" in line
+
+
+LINKS_SECRET = "an-hmac-key-for-the-links-0123456789"
+
+
+async def test_payload_carries_the_owners_links(
+    sink: ScriptedPeer, make_channel: Any, notice: Notice
+) -> None:
+    web = WebConfig.model_validate(
+        {"public_url": "https://mail.example.com/notice", "secret": LINKS_SECRET}
+    )
+    message = Renderer(MessageConfig(language="en"), web).render(notice)
+    channel = await make_channel(sink.url(), secret=WHSEC)
+    await channel.send(notice, message)
+
+    [request] = sink.requests
+    payload = json.loads(request.body)
+    assert set(payload["links"]) == {"confirm", "deny"}
+    for action, url in payload["links"].items():
+        base, _, token = url.partition("?t=")
+        assert base == f"https://mail.example.com/notice/{action}"
+        read = read_token(LINKS_SECRET, token, notice.time.timestamp(), action=action)
+        assert (read.notice_id, read.account) == (notice.id, notice.account)
+        # the message (the e-mail body) carries the same links for people
+        assert url in payload["message"]
+    # under the webhook signature like every other field
+    Webhook(WHSEC).verify(request.body, request.headers)
+    assert LINKS_SECRET not in request.body.decode()
+
+
+async def test_payload_links_are_null_when_off(
+    sink: ScriptedPeer, make_channel: Any, notice: Notice
+) -> None:
+    message = Renderer(MessageConfig(language="en"), WebConfig()).render(notice)
+    channel = await make_channel(sink.url())
+    await channel.send(notice, message)
+    [request] = sink.requests
+    payload = json.loads(request.body)
+    assert "links" in payload and payload["links"] is None
+    assert "?t=" not in payload["message"]

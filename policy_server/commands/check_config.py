@@ -152,7 +152,7 @@ def check_config(args: argparse.Namespace) -> int:
     config = load(args.config)
     problems: list[str] = []
     try:
-        problems.extend(Renderer(config.message).check())
+        problems.extend(Renderer(config.message, config.web).check())
     except TemplateError as exc:
         problems.append(f"message: {exc}")
     problems.extend(channel_problems(config))

@@ -73,7 +73,7 @@ async def send_test(
         )
         return 1
     notice = sample_notice(login, account)
-    message = Renderer(config.message).render(notice, recipient)
+    message = Renderer(config.message, config.web).render(notice, recipient)
     await channel.open()
     try:
         await channel.send(notice, message, recipient)

@@ -25,8 +25,9 @@ from babel import Locale, UnknownLocaleError
 from babel.core import get_global
 from babel.dates import format_datetime, get_timezone_location
 
-from ..config import MessageConfig
+from ..config import MessageConfig, WebConfig
 from ..model import Notice, Reason, Recipient
+from ..web.tokens import NoticeLinks, links
 
 TEMPLATE_FILE = "notice.txt"
 SUBJECT_FILE = "subject.txt"
@@ -62,6 +63,10 @@ TEMPLATE_VARIABLES = frozenset(
         "earlier",
         "network",
         "network_label",
+        # the owner's links ("" when [web] has none): both answers, and the page with both
+        "confirm_url",
+        "deny_url",
+        "page_url",
     }
 )
 
@@ -69,13 +74,15 @@ TEMPLATE_VARIABLES = frozenset(
 @dataclass(frozen=True, slots=True)
 class RenderedMessage:
     """A notice as one recipient reads it: e-mail subject and body, SMS text, language used,
-    and the notices folded into it (oldest first), for channels that name them as data."""
+    the notices folded into it (oldest first), for channels that name them as data, and the
+    owner's links (None when ``[web]`` has none), for channels that carry them as data."""
 
     subject: str
     body: str
     short: str
     language: str
     folded: tuple[Notice, ...] = ()
+    links: NoticeLinks | None = None
 
 
 # What check() renders: each sample alone, then the first with the others folded into it, for
@@ -197,10 +204,14 @@ class Renderer:
     :class:`TemplateError` listing them all, so a broken override dir stops the service (and
     ``check-config``) at startup instead of failing deliveries later. :meth:`check` repeats the
     trial render and returns the problems as a list.
+
+    ``web`` gives the owner's links (``confirm_url``, ``deny_url``, ``page_url``); without it, or
+    when it has no ``public_url`` and ``secret``, they are empty.
     """
 
-    def __init__(self, config: MessageConfig) -> None:
+    def __init__(self, config: MessageConfig, web: WebConfig | None = None) -> None:
         self._config = config
+        self._web = web
         self._tz = ZoneInfo(config.timezone)
         package_root = importlib.resources.files("policy_server.delivery").joinpath("templates")
         loaders: list[jinja2.BaseLoader] = []
@@ -316,14 +327,18 @@ class Renderer:
         language: str,
         recipient: Recipient | None = None,
         folded: Sequence[Notice] = (),
+        owner_links: NoticeLinks | None = None,
     ) -> dict[str, Any]:
         """What a template sees for ``notice`` in ``language``.
 
         Times are in the recipient's time zone when the account has one, else in
         ``message.timezone``. ``earlier`` lists the notices folded into this one (held back by
         the per-account limit), oldest first, each with ``time``, ``country_name``,
-        ``country`` and ``protocols``.
+        ``country`` and ``protocols``. ``owner_links`` saves computing the links again (they
+        are the notice's own, not the folded ones').
         """
+        if owner_links is None:
+            owner_links = self.links(notice)
         locale = self._locales.get(language) or _babel_locale(language)
         tz = self._zone(recipient)
         when = _aware(notice.time)
@@ -354,7 +369,14 @@ class Renderer:
             "earlier": earlier,
             "network": notice.network,
             "network_label": notice.network_label,
+            "confirm_url": owner_links.confirm if owner_links else "",
+            "deny_url": owner_links.deny if owner_links else "",
+            "page_url": owner_links.page if owner_links else "",
         }
+
+    def links(self, notice: Notice) -> NoticeLinks | None:
+        """The owner's links for ``notice``; None when ``[web]`` has none."""
+        return links(self._web, notice) if self._web is not None else None
 
     def render(
         self,
@@ -367,7 +389,8 @@ class Renderer:
         Raises TemplateError when a template fails on this notice.
         """
         lang = self.resolve_language(recipient.language if recipient else None)
-        values = self.variables(notice, lang, recipient, folded)
+        owner_links = self.links(notice)
+        values = self.variables(notice, lang, recipient, folded, owner_links)
         body = self._render(lang, TEMPLATE_FILE, values) or ""
         subject = self._render(lang, SUBJECT_FILE, values)
         short = self._render(lang, SMS_FILE, values)
@@ -377,6 +400,7 @@ class Renderer:
             short=short if short is not None else body,
             language=lang,
             folded=tuple(sorted(folded, key=lambda n: _aware(n.time))),
+            links=owner_links,
         )
 
     def _render(self, lang: str, file: str, values: dict[str, Any]) -> str | None:

@@ -76,7 +76,7 @@ def reload_templates(app: web.Application) -> bool:
     """Compile the templates again; broken ones are refused and the ones in use stay."""
     worker = app.get(keys.WORKER)
     try:
-        renderer = Renderer(app[keys.CONFIG].message)
+        renderer = Renderer(app[keys.CONFIG].message, app[keys.CONFIG].web)
     except TemplateError as exc:
         log.error("templates not reloaded, keeping those in use: %s", exc)
         return False
@@ -119,7 +119,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _channels_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    app[keys.RENDERER] = Renderer(config.message)
+    app[keys.RENDERER] = Renderer(config.message, config.web)
     channels: dict[str, Channel] = {}
     for channel_config in config.channels:
         channel = build_channel(channel_config)

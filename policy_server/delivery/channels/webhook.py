@@ -13,6 +13,7 @@ from yarl import URL
 
 from ...config import WebhookChannelConfig
 from ...model import Notice, Recipient
+from ...web.tokens import NoticeLinks
 from ..render import RenderedMessage
 from .http import MAX_RETRY_AFTER_S, USER_AGENT, HttpChannel, deliver, parse_retry_after
 from .signing import secret_key, sign
@@ -39,7 +40,9 @@ def earlier(folded: Sequence[Notice]) -> list[dict[str, Any]]:
 
 class WebhookChannel(HttpChannel):
     """POSTs ``notice.payload_fields()`` plus ``earlier`` (the notices folded into it, oldest
-    first; ``[]`` when none) and ``message`` (the rendered body) as JSON.
+    first; ``[]`` when none), ``links`` (the owner's "It was me" / "It wasn't me" URLs,
+    ``{"confirm": ..., "deny": ...}``, or null when ``[web]`` has none) and ``message`` (the
+    rendered body) as JSON.
 
     2xx is delivered; 408, 429 and 5xx are temporary (honouring ``Retry-After``); every other
     status, redirects included, is permanent. Network errors and timeouts are temporary.
@@ -64,11 +67,18 @@ class WebhookChannel(HttpChannel):
         # text that must never reach an error message or a log line
         self._secrets = tuple(s for s in (config.secret, self._url.password) if s)
 
-    def body(self, notice: Notice, message: str, folded: Sequence[Notice] = ()) -> bytes:
+    def body(
+        self,
+        notice: Notice,
+        message: str,
+        folded: Sequence[Notice] = (),
+        links: NoticeLinks | None = None,
+    ) -> bytes:
         """The exact bytes POSTed (and signed) for a notice with ``folded`` ones in it."""
         payload: dict[str, Any] = {
             **notice.payload_fields(),
             "earlier": earlier(folded),
+            "links": {"confirm": links.confirm, "deny": links.deny} if links else None,
             "message": message,
         }
         return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
@@ -89,7 +99,7 @@ class WebhookChannel(HttpChannel):
         self, notice: Notice, message: RenderedMessage, recipient: Recipient | None = None
     ) -> None:
         session = await self._ready_session()
-        body = self.body(notice, message.body, message.folded)
+        body = self.body(notice, message.body, message.folded, message.links)
         await deliver(
             session,
             f"webhook {self.name}",
