@@ -420,6 +420,11 @@ class ResponseConfig(_Model):
     block_scope: Literal["provider", "prefix"] = "provider"
     # how long a block lasts; blocking the same origin again extends it
     block_days: int = Field(default=7, ge=1, le=365)
+    # a program run when an owner answers "It wasn't me", with the notice and the block as
+    # JSON on its standard input (e.g. a script calling `doveadm kick`); () = none
+    command: Annotated[tuple[str, ...], _PROGRAM] = ()
+    # the program is killed when it runs longer than this
+    command_timeout_s: float = Field(default=30.0, gt=0, le=3600)
 
 
 RecipientFallback = Literal["none", "login", "template"]

@@ -37,6 +37,9 @@ class Reason(enum.StrEnum):
     VIA_HOSTING = "via_hosting"
     VIA_MAIL_APP = "via_mail_app"
     VIA_CORPORATE = "via_corporate"
+    # a successful login from an origin the account's owner (or an operator) blocked: allow
+    # checks before the password are off, or the block came after the allow answer
+    BLOCKED_ORIGIN = "blocked_origin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,16 @@ class LoginEvent:
     repairs: tuple[str, ...] = ()
 
 
+def provider_id(asn: int | None, as_org: str | None) -> str | None:
+    """How a provider is named when compared and stored: ``AS<n>`` when the ASN is known,
+    ``org:<name>`` when only the AS organisation is, else None."""
+    if asn is not None:
+        return f"AS{asn}"
+    if as_org:
+        return f"org:{as_org}"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Origin:
     """Where a client address comes from.
@@ -83,11 +96,7 @@ class Origin:
 
     @property
     def provider(self) -> str | None:
-        if self.asn is not None:
-            return f"AS{self.asn}"
-        if self.as_org:
-            return f"org:{self.as_org}"
-        return None
+        return provider_id(self.asn, self.as_org)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +172,11 @@ class Notice:
     # the admin's known network the login came through (category, label), if any
     network: str | None = None
     network_label: str | None = None
+
+    @property
+    def provider(self) -> str | None:
+        """The login's provider as origins name it (see :func:`provider_id`)."""
+        return provider_id(self.asn, self.as_org)
 
     @property
     def services(self) -> tuple[str, ...]:

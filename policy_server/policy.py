@@ -148,6 +148,16 @@ def decide(history: History, origin: Origin, at: float, policy: PolicyConfig) ->
     return Decision(reasons, notify, note)
 
 
+def from_blocked(decision: Decision, block: str) -> Decision:
+    """A successful login from an origin the account blocked: a notice in any case (learning
+    and ``policy.notify`` do not hold it back), with whatever else the policy found."""
+    return Decision(
+        (Reason.BLOCKED_ORIGIN, *decision.reasons),
+        (Reason.BLOCKED_ORIGIN, *decision.notify),
+        f"from a blocked {block}",
+    )
+
+
 def repeat_writes(
     known: KnownOrigin, at: float, touch_after: float, coalesce_s: float
 ) -> tuple[bool, bool]:

@@ -20,10 +20,11 @@ from support import make_notice
 
 from policy_server.config import CommandChannelConfig
 from policy_server.delivery.channels.base import build_channel
-from policy_server.delivery.channels.command import STDERR_CHARS, CommandChannel
+from policy_server.delivery.channels.command import CommandChannel
 from policy_server.delivery.channels.errors import PermanentDeliveryError, TemporaryDeliveryError
 from policy_server.delivery.render import RenderedMessage
 from policy_server.model import Notice, Recipient
+from policy_server.programs import STDERR_CHARS
 
 BODY = "【Example Mailへのアクセスのお知らせ】\n■国・地域（推定）\nアメリカ合衆国\n"
 MESSAGE = RenderedMessage(

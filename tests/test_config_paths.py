@@ -120,6 +120,7 @@ def test_every_key_that_names_a_file_follows_the_rule() -> None:
         "privacy.events_path",
         "message.templates_dir",
         "channels[].command[0]",
+        "response.command[0]",
     }
 
 

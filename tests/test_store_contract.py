@@ -741,6 +741,7 @@ async def test_account_record_and_forget(store: Store) -> None:
         "notices": 2,
         "contacts": 1,
         "blocks": 0,
+        "feedback": 0,
         "accounts": 1,
     }
     assert await store.account_record("alice") is None
@@ -825,9 +826,9 @@ async def test_postgres_nodes_migrate_together_once(postgres_schema: str) -> Non
         }
     finally:
         await conn.close()
-    assert versions == [1, 2]
+    assert versions == [1, 2, 3]
     assert {"accounts", "origins", "notices", "deliveries", "contacts", "decisions"} <= tables
-    assert {"controls", "blocks", "block_version"} <= tables
+    assert {"controls", "blocks", "block_version", "feedback"} <= tables
 
 
 async def test_postgres_nodes_racing_on_the_same_accounts(postgres_schema: str) -> None:

@@ -61,6 +61,7 @@ async def test_schema_version_recorded_once(tmp_path: Path) -> None:
         (3,),
         (4,),
         (5,),
+        (6,),
     ]
 
 

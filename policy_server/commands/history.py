@@ -105,6 +105,8 @@ async def history_show(config: Config, login: str, out: TextIO | None = None) ->
         if row["as_org"]:
             provider += f" ({row['as_org']})"
         state = "known" if known in live else "forgotten (unused while others were)"
+        if row.get("confirmed") is not None:
+            state += f", confirmed by the owner {_short(row['confirmed'])}"
         print(
             f"  {row['prefix']:<20} {row['country'] or '??':<3} {provider}  "
             f"{_short(row['first_seen'])} .. {_short(row['last_seen'])}  "
@@ -121,6 +123,15 @@ async def history_show(config: Config, login: str, out: TextIO | None = None) ->
         print(
             f"  {what}  until {_short(row['until'])}  by {row['source']}"
             f"{' from notice ' + row['notice_id'] if row['notice_id'] else ''}",
+            file=out,
+        )
+    answers = record["feedback"]
+    print(f"owner's answers ({len(answers)}):", file=out)
+    for row in answers:
+        said = "it was me" if row["answer"] == "confirmed" else "it wasn't me"
+        print(
+            f"  {_short(row['at'])}  {said!r} to notice {row['notice_id']}  "
+            f"{row['prefix']} {row['country'] or '??'} {row['provider'] or '?'}",
             file=out,
         )
     print(f"recent decisions ({len(record['decisions'])}):", file=out)
@@ -150,17 +161,20 @@ async def history_export(config: Config, login: str, out: TextIO | None = None) 
             record["account"][key] = _iso(record["account"][key])
     for row in record["origins"]:
         row["first_seen"], row["last_seen"] = _iso(row["first_seen"]), _iso(row["last_seen"])
+        row["confirmed"] = _iso(row.get("confirmed"))
     for row in record["decisions"]:
         row["at"] = _iso(row["at"])
     for row in record["blocks"]:
         row["created"], row["until"] = _iso(row["created"]), _iso(row["until"])
+    for row in record["feedback"]:
+        row["at"] = _iso(row["at"])
     print(json.dumps(record, ensure_ascii=False, indent=2), file=out)
     return 0
 
 
 async def history_forget(config: Config, login: str, out: TextIO | None = None) -> int:
     """Delete everything stored about an account (history, decisions, notices, contact,
-    blocks)."""
+    blocks, answers)."""
     async with store_session(config, migrate=True) as store:
         counts = await store.forget(normalize_login(login, config.accounts))
     if not any(counts.values()):

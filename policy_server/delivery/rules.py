@@ -76,10 +76,15 @@ def recipient_for(
     )
 
 
+#: reasons that are urgent whatever a channel's ``quiet_urgent`` says
+ALWAYS_URGENT: frozenset[str] = frozenset({Reason.BLOCKED_ORIGIN.value})
+
+
 def is_urgent(reasons: Iterable[Reason], urgent: Sequence[str]) -> bool:
-    """Whether the reasons include every reason of one of the ``urgent`` combinations."""
+    """Whether the reasons include every reason of one of the ``urgent`` combinations, or one
+    that is always urgent."""
     have = {r.value for r in reasons}
-    return any(set(combo.split("+")) <= have for combo in urgent)
+    return bool(have & ALWAYS_URGENT) or any(set(combo.split("+")) <= have for combo in urgent)
 
 
 def quiet_until(

@@ -23,12 +23,14 @@ from ..model import Origin
 from ..origin.networks import KnownNetworks, NetworksError
 from ..origin.resolver import OriginResolver
 from ..store import open_store
+from ..web.pages import OwnerPages, pages_app, pages_listener
 from . import keys
 from .auth import Authenticator
 from .blocks import BlockSet
 from .handlers import timed_endpoint
 from .metrics import Metrics, monitoring_app, monitoring_listener
 from .recorder import LoginRecorder
+from .response import Responder
 from .stats import Stats
 from .systemd import monotonic_usec, notify
 
@@ -143,6 +145,8 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
         app[keys.STORE], channels, app[keys.RENDERER], config, breaker=breaker, metrics=metrics
     )
     app[keys.WORKER] = worker
+    responder = Responder(config, app[keys.STORE], app[keys.BLOCKS], app[keys.ALERTS], metrics)
+    app[keys.RESPONDER] = responder
     events = EventWriter(config.privacy.events_path) if config.privacy.events_path else None
     app[keys.RECORDER] = LoginRecorder(
         config,
@@ -152,6 +156,8 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
         on_notice=worker.wake,
         events=events,
         on_origin=lambda origin: _count_unknown(metrics, origin),
+        blocks=app[keys.BLOCKS],
+        on_blocked=responder.blocked_login,
     )
     task: asyncio.Task[None] | None = None
     if app[keys.RUN_WORKER]:
@@ -167,8 +173,20 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
             await asyncio.wait_for(task, timeout=config.queue.stop_timeout_s)
         if not task.done() or task.cancelled():
             await worker.release()
+    await responder.drain()
     if events is not None:
         events.close()
+
+
+async def _pages_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The owner's pages on ``[web] listen``, when set."""
+    config = app[keys.CONFIG]
+    if not config.web.listen:
+        yield
+        return
+    pages = OwnerPages(config, app[keys.STORE], app[keys.RENDERER], app[keys.RESPONDER])
+    async with pages_listener(config, pages_app(pages), app[keys.REUSE_PORT]):
+        yield
 
 
 async def _blocks_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -314,6 +332,7 @@ def create_app(
             _channels_ctx,
             _geo_guard_ctx,
             _worker_ctx,
+            _pages_ctx,
             _monitoring_ctx,
         ]
     )

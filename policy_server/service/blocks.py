@@ -31,13 +31,17 @@ REFRESH_S = 1.0
 Scope = Literal["provider", "prefix"]
 
 
-def target_for(origin: Origin, scope: Scope) -> BlockTarget:
-    """What blocking ``origin`` blocks: its provider in its country (``scope="provider"``,
-    its prefix when the provider is unknown), or its prefix."""
-    provider = origin.provider
+def target_of(prefix: str, provider: str | None, country: str | None, scope: Scope) -> BlockTarget:
+    """What blocking an origin blocks: its provider in its country (``scope="provider"``, its
+    prefix when the provider is unknown), or its prefix."""
     if scope == "provider" and provider is not None:
-        return BlockTarget(BlockKind.PROVIDER, provider, origin.country or "")
-    return BlockTarget(BlockKind.PREFIX, origin.prefix)
+        return BlockTarget(BlockKind.PROVIDER, provider, country or "")
+    return BlockTarget(BlockKind.PREFIX, prefix)
+
+
+def target_for(origin: Origin, scope: Scope) -> BlockTarget:
+    """What blocking ``origin`` blocks (see :func:`target_of`)."""
+    return target_of(origin.prefix, origin.provider, origin.country, scope)
 
 
 def targets_of(origin: Origin) -> tuple[BlockTarget, ...]:

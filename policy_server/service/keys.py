@@ -17,6 +17,7 @@ from .auth import Authenticator
 from .blocks import BlockSet
 from .metrics import Metrics
 from .recorder import LoginRecorder
+from .response import Responder
 from .stats import Stats
 
 CONFIG = web.AppKey("config", Config)
@@ -34,3 +35,4 @@ RUN_WORKER = web.AppKey("run_worker", bool)
 REUSE_PORT = web.AppKey("reuse_port", bool)
 WORKER_TASK: web.AppKey[asyncio.Task[None]] = web.AppKey("worker_task")
 BLOCKS = web.AppKey("blocks", BlockSet)
+RESPONDER = web.AppKey("responder", Responder)

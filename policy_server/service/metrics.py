@@ -78,6 +78,19 @@ class Metrics:
             "Logins refused before authentication: the account blocked their origin.",
             registry=r,
         )
+        self.answers = Counter(
+            "policy_server_owner_answers",
+            "Owners' answers to their notices: confirmed (It was me), denied (It wasn't me).",
+            ["answer"],
+            registry=r,
+        )
+        for answer in ("confirmed", "denied"):
+            self.answers.labels(answer)
+        self.blocked_logins = Counter(
+            "policy_server_blocked_origin_logins",
+            "Successful logins reported from an origin the account blocked (allow checks off).",
+            registry=r,
+        )
         self.blocks_active = Gauge(
             "policy_server_blocks_active",
             "Blocks of an origin in force, as this process last read them.",

@@ -6,14 +6,16 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..accounts import normalize_login
 from ..config import Config
 from ..events import Event, EventWriter
 from ..model import History, LoginEvent, Origin
 from ..origin.resolver import OriginResolver
-from ..policy import KNOWN, decide, fresh_repeat
+from ..policy import KNOWN, decide, fresh_repeat, from_blocked
 from ..store.base import (
+    BlockTarget,
     Decide,
     ImmediateHistory,
     LoginStore,
@@ -23,6 +25,9 @@ from ..store.base import (
 )
 
 log = logging.getLogger("policy_server.recorder")
+
+#: a login from a blocked origin makes a notice at most this often per account and block
+BLOCKED_NOTICE_EVERY_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +39,14 @@ class Prepared:
     at: float
     # the history ``begin`` already read, when the store reads without waiting
     history: History | None = None
+    # the account's block the origin is in (a login that should have been refused)
+    blocked: BlockTarget | None = None
+
+
+class BlockedOrigins(Protocol):
+    """Which account's origins are blocked (the in-memory set of the allow path)."""
+
+    def refusing(self, account: str, origin: Origin, now: float) -> BlockTarget | None: ...
 
 
 class LoginRecorder:
@@ -53,6 +66,10 @@ class LoginRecorder:
         on_notice: Callable[[], None] = lambda: None,
         events: EventWriter | None = None,
         on_origin: Callable[[Origin], None] = lambda origin: None,
+        blocks: BlockedOrigins | None = None,
+        on_blocked: Callable[[str, Origin, BlockTarget, str | None], None] = (
+            lambda account, origin, target, notice_id: None
+        ),
     ) -> None:
         self._config = config
         self._store = store
@@ -63,6 +80,10 @@ class LoginRecorder:
         self._on_notice = on_notice
         self.events = events
         self._on_origin = on_origin
+        self._blocks = blocks
+        self._on_blocked = on_blocked
+        # (account, block) -> when a login from it last made a notice
+        self._blocked_seen: dict[tuple[str, BlockTarget], float] = {}
         #: reports in ``finish`` (reading a history or waiting for their commit)
         self.pending = 0
         self._max_pending = config.storage.max_pending_writes
@@ -95,12 +116,37 @@ class LoginRecorder:
             return Prepared(account, None, at)
         origin = self.origin(event.remote)
         self._on_origin(origin)
+        blocked = self._blocked(account, origin, at)
+        if blocked is not None:
+            # never a fresh repeat: the login makes an urgent notice
+            return Prepared(account, origin, at, blocked=blocked)
         if self._immediate is None:
             return Prepared(account, origin, at)
         history = self._immediate.history_now(account)
         if self._fresh_repeat(history, origin, at):
             return Outcome(decision=KNOWN)
         return Prepared(account, origin, at, history)
+
+    def _blocked(self, account: str, origin: Origin, at: float) -> BlockTarget | None:
+        """The account's block ``origin`` is in, when no login from it made a notice in the
+        last hour here (a client polling from a blocked origin makes one an hour, not one a
+        poll)."""
+        if self._blocks is None:
+            return None
+        target = self._blocks.refusing(account, origin, at)
+        if target is None:
+            return None
+        last = self._blocked_seen.get((account, target))
+        if last is not None and 0 <= at - last < BLOCKED_NOTICE_EVERY_S:
+            return None
+        if len(self._blocked_seen) >= 10_000:
+            self._blocked_seen = {
+                key: seen
+                for key, seen in self._blocked_seen.items()
+                if 0 <= at - seen < BLOCKED_NOTICE_EVERY_S
+            }
+        self._blocked_seen[(account, target)] = at
+        return target
 
     def _fresh_repeat(self, history: History, origin: Origin, at: float) -> bool:
         return fresh_repeat(
@@ -130,8 +176,14 @@ class LoginRecorder:
         if origin is None:
             await self._store.record_failure(account, at)
             return Outcome(decision=KNOWN, wrote=True)
+        decide = self._decide
+        if prepared.blocked is not None:
+            block = prepared.blocked.describe()
+            decide = lambda history, origin, at: from_blocked(  # noqa: E731
+                self._decide(history, origin, at), block
+            )
         # a store that reads without waiting was already asked in begin
-        if prepared.history is None:
+        elif prepared.history is None:
             history = await self._store.history(account)
             if self._fresh_repeat(history, origin, at):
                 return Outcome(decision=KNOWN)
@@ -145,7 +197,7 @@ class LoginRecorder:
                 origin=origin,
                 at=at,
             ),
-            self._decide,
+            decide,
             self._channels,
             touch_after=self._config.policy.touch_granularity_s,
             deadline_s=self._config.queue.deadline_s,
@@ -154,6 +206,8 @@ class LoginRecorder:
         )
         if outcome.notice_id is not None:
             self._on_notice()
+        if prepared.blocked is not None:
+            self._on_blocked(account, origin, prepared.blocked, outcome.notice_id)
         return outcome
 
     async def report(self, event: LoginEvent, at: float | None = None) -> Outcome:

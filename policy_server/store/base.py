@@ -167,6 +167,7 @@ class AccountRecord(TypedDict):
     decisions: list[dict[str, Any]]
     notices: list[dict[str, Any]]
     blocks: list[dict[str, Any]]
+    feedback: list[dict[str, Any]]
 
 
 class BlockKind(StrEnum):
@@ -222,6 +223,39 @@ class Block:
             "until": self.until,
             "source": self.source.value,
             "notice_id": self.notice_id,
+        }
+
+
+class Answer(StrEnum):
+    """An owner's answer to a notice."""
+
+    #: "It was me": the notice's origin is the owner's
+    CONFIRMED = "confirmed"
+    #: "It wasn't me": the notice's origin is blocked for the account
+    DENIED = "denied"
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """The owner's answer to one notice, with the notice's origin ("" where unknown)."""
+
+    notice_id: str
+    account: str
+    answer: Answer
+    at: float
+    prefix: str
+    country: str = ""
+    provider: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, as ``history export`` shows it."""
+        return {
+            "notice_id": self.notice_id,
+            "answer": self.answer.value,
+            "at": self.at,
+            "prefix": self.prefix,
+            "country": self.country or None,
+            "provider": self.provider or None,
         }
 
 
@@ -444,10 +478,23 @@ class Blocks(Protocol):
         ...
 
 
+class Answers(Protocol):
+    """Owners' answers to their notices ("It was me", "It wasn't me")."""
+
+    async def record_answer(self, feedback: Feedback) -> Feedback:
+        """Keep the answer to a notice; returns the answer as stored. A notice has one answer:
+        a denial replaces a confirmation, anything else leaves the first answer (returned)."""
+        ...
+
+    async def answer_to(self, notice_id: str) -> Feedback | None:
+        """The answer to a notice, if it has one."""
+        ...
+
+
 # -- operators ---------------------------------------------------------------------------------
 
 
-class OperatorStore(Controls, Blocks, Protocol):
+class OperatorStore(Controls, Blocks, Answers, Protocol):
     """What operators (and the metrics and the geo guard, on their behalf) read and write."""
 
     async def contact(self, account: str) -> Contact | None:
@@ -517,7 +564,7 @@ class OperatorStore(Controls, Blocks, Protocol):
         ...
 
 
-class Store(LoginStore, QueueStore, OperatorStore, Blocks, Protocol):
+class Store(LoginStore, QueueStore, OperatorStore, Blocks, Answers, Protocol):
     """Everything, and the connection's life: what a backend implements."""
 
     async def open(self, migrate: bool = True) -> None:

@@ -28,6 +28,7 @@ from .base import (
     UNDELIVERED,
     AccountRecord,
     ActiveBlocks,
+    Answer,
     Block,
     BlockKind,
     BlockSource,
@@ -37,6 +38,7 @@ from .base import (
     DeliveryResult,
     DeliveryState,
     DeliveryStatus,
+    Feedback,
     HeldFilter,
     ListedDelivery,
     NoticeRates,
@@ -214,6 +216,30 @@ SELECT_BLOCK = (
 # at the current version has nothing to read again
 BUMP_BLOCKS = "UPDATE block_version SET version = version + 1"
 BLOCKS_VERSION = "SELECT version FROM block_version"
+
+
+_FEEDBACK_COLUMNS = "notice_id, account, answer, at, prefix, country, provider"
+# one answer per notice: a denial replaces a confirmation (the owner thought again), nothing
+# replaces a denial (whoever reads the owner's mail must not lift a block by confirming)
+UPSERT_FEEDBACK = (
+    f"INSERT INTO feedback ({_FEEDBACK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (notice_id) DO UPDATE SET answer = excluded.answer, at = excluded.at"
+    f" WHERE feedback.answer = '{Answer.CONFIRMED}' AND excluded.answer = '{Answer.DENIED}'"
+)
+SELECT_FEEDBACK = f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE notice_id = ?"
+
+
+def _feedback(row: Sequence[Any]) -> Feedback:
+    notice_id, account, answer, at, prefix, country, provider = row
+    return Feedback(
+        notice_id=str(notice_id),
+        account=str(account),
+        answer=Answer(answer),
+        at=float(at),
+        prefix=str(prefix),
+        country=str(country or ""),
+        provider=str(provider or ""),
+    )
 
 
 def _block(row: Sequence[Any]) -> Block:
@@ -845,6 +871,30 @@ class SQLStore(GroupCommit, Store):
             rows = await conn.fetch(f"SELECT {_BLOCK_COLUMNS} FROM blocks WHERE until > ?", now)
         return ActiveBlocks(int(version), tuple(_block(row) for row in rows))
 
+    # -- owners' answers ---------------------------------------------------------------------
+
+    @store_errors
+    async def record_answer(self, feedback: Feedback) -> Feedback:
+        async with self.transaction() as tx:
+            await tx.execute(
+                UPSERT_FEEDBACK,
+                feedback.notice_id,
+                feedback.account,
+                feedback.answer.value,
+                feedback.at,
+                feedback.prefix,
+                feedback.country,
+                feedback.provider,
+            )
+            rows = await tx.fetch(SELECT_FEEDBACK, feedback.notice_id)
+        return _feedback(rows[0])
+
+    @store_errors
+    async def answer_to(self, notice_id: str) -> Feedback | None:
+        async with self.reading() as conn:
+            rows = await conn.fetch(SELECT_FEEDBACK, notice_id)
+        return _feedback(rows[0]) if rows else None
+
     # -- privacy and history -----------------------------------------------------------------
 
     @store_errors
@@ -860,7 +910,14 @@ class SQLStore(GroupCommit, Store):
                 f"SELECT {_BLOCK_COLUMNS} FROM blocks WHERE account = ? ORDER BY created",
                 account,
             )
-            if not found and contact is None and not blocks:
+            answers = [
+                _feedback(row)
+                for row in await conn.fetch(
+                    f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE account = ? ORDER BY at",
+                    account,
+                )
+            ]
+            if not found and contact is None and not blocks and not answers:
                 return None
             origins = await conn.fetch_dicts(
                 f"SELECT {_ORIGIN_COLUMNS} FROM origins WHERE account = ? ORDER BY last_seen DESC",
@@ -876,7 +933,14 @@ class SQLStore(GroupCommit, Store):
             notices = await conn.fetch(
                 "SELECT payload FROM notices WHERE account = ? ORDER BY created DESC", account
             )
+        # an origin is confirmed by the owner's latest "It was me" for it
+        confirmed = {
+            (a.prefix, a.country, a.provider): a.at
+            for a in answers
+            if a.answer is Answer.CONFIRMED
+        }
         for row in origins:
+            row["confirmed"] = confirmed.get((row["prefix"], row["country"], row["provider"]))
             row["country"] = row["country"] or None
             row["provider"] = row["provider"] or None
         for row in recent:
@@ -896,6 +960,7 @@ class SQLStore(GroupCommit, Store):
             "decisions": recent,
             "notices": [json.loads(_text(row[0])) for row in notices],
             "blocks": [_block(row).as_dict() for row in blocks],
+            "feedback": [answer.as_dict() for answer in answers],
         }
 
     @store_errors
@@ -904,7 +969,15 @@ class SQLStore(GroupCommit, Store):
         async with self.transaction() as tx:
             # the lock a login batch takes: no login of the account commits half-forgotten
             await self.dialect.lock_accounts(tx, [account])
-            for table in ("origins", "decisions", "notices", "contacts", "blocks", "accounts"):
+            for table in (
+                "origins",
+                "decisions",
+                "notices",
+                "contacts",
+                "blocks",
+                "feedback",
+                "accounts",
+            ):
                 # deliveries go with their notices (ON DELETE CASCADE)
                 counts[table] = await tx.execute(f"DELETE FROM {table} WHERE account = ?", account)
             if counts["blocks"]:

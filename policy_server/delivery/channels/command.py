@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import os
-import signal
 from typing import Any
 
 from ...config import CommandChannelConfig
 from ...model import Notice, Recipient
+from ...programs import ProgramError, run_program
 from ..render import RenderedMessage
 from .base import Channel
 from .errors import PermanentDeliveryError, TemporaryDeliveryError
 
 EX_TEMPFAIL = 75  # sysexits.h: "try again later", as mail delivery agents use it
-STDERR_CHARS = 300
 
 
 def stdin_document(
@@ -47,32 +43,17 @@ class CommandChannel(Channel):
         label = f"command {self.name}"
         data = json.dumps(stdin_document(notice, message, recipient), ensure_ascii=False)
         try:
-            process = await asyncio.create_subprocess_exec(
-                *self._config.command,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-                # its own process group, so a timeout also stops what it started
-                start_new_session=True,
+            exited = await run_program(
+                self._config.command, data.encode("utf-8") + b"\n", self._config.timeout_s
             )
-        except OSError as exc:
-            # a missing or non-executable program: an operator can fix it, so keep the notice
-            raise TemporaryDeliveryError(f"{label}: cannot start: {exc}") from None
-        try:
-            async with asyncio.timeout(self._config.timeout_s):
-                _, stderr = await process.communicate(data.encode("utf-8") + b"\n")
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-            raise TemporaryDeliveryError(
-                f"{label}: no exit within {self._config.timeout_s:g}s, killed"
-            ) from None
-        code = process.returncode
-        if code == 0:
+        except ProgramError as exc:
+            # a missing program or one that hangs: an operator can fix it, so keep the notice
+            raise TemporaryDeliveryError(f"{label}: {exc}") from None
+        if exited.code == 0:
             return
-        detail = " ".join(stderr.decode("utf-8", "replace").split())[:STDERR_CHARS]
-        text = f"{label}: exit status {code}" + (f": {detail}" if detail else "")
-        if code == EX_TEMPFAIL:
+        text = f"{label}: exit status {exited.code}" + (
+            f": {exited.stderr}" if exited.stderr else ""
+        )
+        if exited.code == EX_TEMPFAIL:
             raise TemporaryDeliveryError(text)
         raise PermanentDeliveryError(text)

@@ -1,0 +1,306 @@
+"""The owner's pages over HTTP, against a running service: what GET shows and never changes,
+what the POST of each answer does (the answer stored, the block, the operators' alert, the
+response program), and every link or form that must be refused.
+
+The same pages in a real browser are in test_pages_browser.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from pages_support import (
+    ABROAD,
+    ALLOWED,
+    HOME,
+    REFUSED,
+    SECRET,
+    Owner,
+    Running,
+    eventually,
+    owner,
+    read_form,
+    running,
+    unusual_notice,
+)
+from support import free_port
+
+from policy_server.delivery.rules import quiet_until
+from policy_server.model import Reason
+from policy_server.policy import Decision, from_blocked
+from policy_server.service import keys
+from policy_server.store.base import Answer, BlockKind, BlockTarget, Contact
+from policy_server.web.tokens import make_token
+
+__all__ = ["owner", "running"]  # fixtures
+
+
+async def test_get_shows_the_access_and_changes_nothing(
+    running: Callable[..., Awaitable[Running]], owner: Callable[[str], Owner]
+) -> None:
+    svc = await running()
+    notice = await unusual_notice(svc)
+    links = notice["links"]
+    assert links["confirm"].startswith(svc.public_url + "/confirm?t=")
+    assert links["deny"].startswith(svc.public_url + "/deny?t=")
+    scanner = owner("http://127.0.0.1")
+    store = svc.client.app[keys.STORE]
+    # a mail scanner fetches every link, some of them twice
+    for url in (links["confirm"], links["deny"], links["deny"]):
+        status, html, headers = await scanner.get(url)
+        assert status == 200
+        assert "data-result" not in html
+        assert headers["Cache-Control"] == "no-store"
+        assert headers["Referrer-Policy"] == "same-origin"
+        csp = headers["Content-Security-Policy"]
+        assert "default-src 'none'" in csp and "form-action 'self'" in csp
+        assert "script" not in html.lower()
+        # no full address, nothing loaded, no password field
+        assert HOME not in html and ABROAD not in html
+        assert "<link" not in html and "src=" not in html
+        assert 'type="password"' not in html
+    assert await store.answer_to(notice["id"]) is None
+    assert svc.client.app[keys.BLOCKS].of("alice@example.jp") is None
+    assert await svc.allow("alice@example.jp", ABROAD) == ALLOWED
+    # the page of the deny link: the access, the recent accesses by origin, one button
+    status, html, _ = await scanner.get(links["deny"])
+    form = read_form(html)
+    assert form.buttons == ["deny"] and set(form.fields) == {"t", "csrf"}
+    assert "Example Hosting US" in html and "Example Carrier JP" in html
+    assert "United States" not in html  # the default language is ja
+    assert "アメリカ合衆国" in html and "日本" in html
+    assert "パスワードをお尋ねすることはありません" in html
+    _, confirm_html, _ = await scanner.get(links["confirm"])
+    assert read_form(confirm_html).buttons == ["confirm"]
+
+
+async def test_deny_blocks_alerts_and_runs_the_program(
+    running: Callable[..., Awaitable[Running]], owner: Callable[[str], Owner]
+) -> None:
+    svc = await running()
+    notice = await unusual_notice(svc)
+    browser = owner("http://127.0.0.1:" + svc.public_url.split(":")[2].split("/")[0])
+    assert await svc.allow("alice@example.jp", ABROAD) == ALLOWED
+    status, html = await browser.answer(notice["links"]["deny"], "deny")
+    assert status == 200, html
+    assert 'data-result="denied"' in html
+    # enforced at once by this node: the account from that provider, not from home, not others
+    assert await svc.allow("alice@example.jp", ABROAD) == REFUSED
+    assert await svc.allow("alice@example.jp", "198.51.100.200") == REFUSED
+    assert await svc.allow("alice@example.jp", HOME) == ALLOWED
+    assert await svc.allow("bob@example.jp", ABROAD) == ALLOWED
+    store = svc.client.app[keys.STORE]
+    answer = await store.answer_to(notice["id"])
+    assert answer is not None and answer.answer is Answer.DENIED
+    (block,) = await store.list_blocks(time.time(), "alice@example.jp")
+    assert block.target == BlockTarget(BlockKind.PROVIDER, "AS64510", "US")
+    assert block.notice_id == notice["id"] and block.source.value == "owner"
+    assert 6.9 * 86400 < block.until - time.time() <= 7 * 86400
+    assert svc.metric("policy_server_owner_answers_total", answer="denied") == 1
+    # the operators' channel gets one alert with the account, the origin and the notice
+    (alert,) = await svc.admin.wait_for(1)
+    assert "alice@example.jp" in alert["message"] and notice["id"] in alert["message"]
+    assert "AS64510" in alert["message"] and "US" in alert["message"]
+    # the owner's channel got nothing more
+    assert len(svc.hook.received) == 2
+    # the response program read the notice and the block on its standard input
+    await eventually(lambda: svc.program_out.exists() and svc.program_out.read_text() != "")
+    document = json.loads(svc.program_out.read_text())
+    assert document["id"] == notice["id"] and document["account"] == "alice@example.jp"
+    assert document["answer"] == "denied" and document["block"]["key"] == "AS64510"
+    # a second click (or the page again) changes nothing and says what was done
+    status, html, _ = await browser.get(notice["links"]["deny"])
+    assert status == 200 and read_form(html).buttons == [] and 'data-answer="denied"' in html
+    assert svc.metric("policy_server_owner_answers_total", answer="denied") == 1
+
+
+async def test_confirm_records_the_answer_and_marks_the_origin(
+    running: Callable[..., Awaitable[Running]], owner: Callable[[str], Owner]
+) -> None:
+    svc = await running()
+    notice = await unusual_notice(svc)
+    browser = owner("http://127.0.0.1:" + svc.public_url.split(":")[2].split("/")[0])
+    status, html = await browser.answer(notice["links"]["confirm"], "confirm")
+    assert status == 200 and 'data-result="confirmed"' in html
+    store = svc.client.app[keys.STORE]
+    answer = await store.answer_to(notice["id"])
+    assert answer is not None and answer.answer is Answer.CONFIRMED
+    record = await store.account_record("alice@example.jp")
+    assert record is not None
+    confirmed = {row["prefix"]: row["confirmed"] for row in record["origins"]}
+    assert confirmed["198.51.100.0/24"] is not None and confirmed["203.0.113.0/24"] is None
+    assert svc.client.app[keys.BLOCKS].of("alice@example.jp") is None
+    assert svc.metric("policy_server_owner_answers_total", answer="confirmed") == 1
+    # thought again: a denial replaces the confirmation (never the reverse)
+    status, html = await browser.answer(notice["links"]["deny"], "deny")
+    assert 'data-result="denied"' in html
+    assert await svc.allow("alice@example.jp", ABROAD) == REFUSED
+    status, html, _ = await browser.get(notice["links"]["confirm"])
+    assert read_form(html).buttons == []
+
+
+async def test_the_sms_page_offers_both_and_takes_either(
+    running: Callable[..., Awaitable[Running]], owner: Callable[[str], Owner]
+) -> None:
+    svc = await running()
+    notice = await unusual_notice(svc)
+    page = notice["links"]["deny"].replace("/deny?t=", "/page?t=")
+    browser = owner("http://127.0.0.1:" + svc.public_url.split(":")[2].split("/")[0])
+    # the page link is a token of its own: the deny token does not open it
+    status, _, _ = await browser.get(page)
+    assert status == 403
+    store = svc.client.app[keys.STORE]
+    detail = await store.notice_detail(notice["id"])
+    assert detail is not None
+    links = svc.client.app[keys.RENDERER].links(detail[0])
+    assert links is not None
+    status, html, _ = await browser.get(links.page)
+    assert status == 200 and read_form(html).buttons == ["confirm", "deny"]
+    status, html = await browser.answer(links.page, "deny")
+    assert 'data-result="denied"' in html
+
+
+async def test_bad_links_and_forms_are_refused_and_change_nothing(
+    running: Callable[..., Awaitable[Running]], owner: Callable[[str], Owner]
+) -> None:
+    svc = await running()
+    notice = await unusual_notice(svc)
+    deny = notice["links"]["deny"]
+    base, _, token = deny.partition("?t=")
+    site = "http://127.0.0.1:" + svc.public_url.split(":")[2].split("/")[0]
+    browser = owner(site)
+    store = svc.client.app[keys.STORE]
+    expires = int(time.time()) + 3600
+    tampered = token[:-3] + ("A" if token[-3] != "A" else "B") + token[-2:]
+    foreign = make_token(
+        "another-site-s-secret-0123456789abcdef", notice["id"], "alice@example.jp", "deny", expires
+    )
+    expired = make_token(SECRET, notice["id"], "alice@example.jp", "deny", int(time.time()) - 1)
+    # a valid signature, for another account than the notice's
+    mismatched = make_token(SECRET, notice["id"], "bob@example.jp", "deny", expires)
+    for bad, reason in (
+        (tampered, "invalid"),
+        (foreign, "invalid"),
+        (expired, "expired"),
+        (mismatched, "invalid"),
+        ("", "invalid"),
+        ("x" * 5000, "invalid"),
+    ):
+        status, html, _ = await browser.get(f"{base}?t={bad}")
+        assert status == 403, (bad, html)
+        assert f'data-reason="{reason}"' in html
+        assert "<form" not in html
+    # a confirm token on the deny page, a deny token on the confirm page
+    status, _, _ = await browser.get(notice["links"]["confirm"].replace("/confirm?", "/deny?"))
+    assert status == 403
+    # POSTs: a good page first, for a cookie and a valid form
+    status, html, _ = await browser.get(deny)
+    form = read_form(html)
+    good = {**form.fields, "answer": "deny"}
+    for fields, origin in (
+        ({**good, "csrf": "A" * 22}, None),  # a forged CSRF field
+        ({**good, "csrf": ""}, None),
+        ({**good, "t": tampered}, None),
+        ({**good, "t": expired}, None),
+        ({**good, "answer": "confirm"}, None),  # not what a deny link offers
+        (good, "https://evil.example"),  # another site's form
+    ):
+        status, html = await browser.post(deny, fields, origin)
+        assert status in (403, 404), (fields, html)
+        assert "data-result" not in html
+    # a POST without the page's cookie (another browser, a replayed form)
+    stranger = owner(site)
+    status, _ = await stranger.post(deny, good)
+    assert status == 403
+    assert await store.answer_to(notice["id"]) is None
+    assert svc.client.app[keys.BLOCKS].of("alice@example.jp") is None
+    # GET never acts, PUT is not a method here
+    async with browser.session.put(deny, data=good) as resp:
+        assert resp.status == 405
+    # and the good form still works
+    status, html = await browser.post(deny, good)
+    assert status == 200 and 'data-result="denied"' in html
+
+
+async def test_the_page_speaks_the_owners_language(
+    running: Callable[..., Awaitable[Running]], owner: Callable[[str], Owner]
+) -> None:
+    svc = await running()
+    store = svc.client.app[keys.STORE]
+    await store.upsert_contacts(
+        [Contact("carol@example.jp", language="en", timezone="Europe/Berlin")], time.time()
+    )
+    notice = await unusual_notice(svc, "carol@example.jp")
+    status, html, _ = await owner("http://127.0.0.1").get(notice["links"]["deny"])
+    assert status == 200
+    assert '<html lang="en">' in html
+    assert "United States" in html and "Japan" in html
+    assert "This page never asks for your password" in html
+    assert "Central European" in html or "CET" in html or "Berlin" in html
+
+
+async def test_no_pages_without_web_listen(
+    running: Callable[..., Awaitable[Running]], owner: Callable[[str], Owner]
+) -> None:
+    port = free_port()
+    svc = await running(
+        web={"public_url": f"http://127.0.0.1:{port}", "secret": SECRET}, response={}
+    )
+    notice = await unusual_notice(svc)
+    # the links exist (another process may serve the pages), this one serves nothing
+    assert notice["links"]["deny"].startswith(f"http://127.0.0.1:{port}/deny?t=")
+    with pytest.raises(OSError):
+        await owner("x").get(notice["links"]["deny"])
+
+
+if sys.platform != "linux":  # pragma: no cover
+    pytestmark = pytest.mark.skip(reason="the response program is a shell script")
+
+
+async def test_a_login_from_a_blocked_origin_makes_an_urgent_notice_and_an_alert(
+    running: Callable[..., Awaitable[Running]], owner: Callable[[str], Owner]
+) -> None:
+    svc0 = await running()
+    notice = await unusual_notice(svc0)
+    site = "http://127.0.0.1:" + svc0.public_url.split(":")[2].split("/")[0]
+    _, html = await owner(site).answer(notice["links"]["deny"], "deny")
+    assert 'data-result="denied"' in html
+    await svc0.admin.wait_for(1)  # the denial's alert
+    # Dovecot without the allow check before auth: the login from the blocked origin succeeds
+    # and is reported
+    before = len(svc0.hook.received)
+    await svc0.report("alice@example.jp", ABROAD)
+    received = await svc0.hook.wait_for(before + 1)
+    blocked = received[before]
+    assert blocked["reasons"][0] == "blocked_origin"
+    assert "遮断したネットワーク" in blocked["message"]
+    (_, alert) = await svc0.admin.wait_for(2)
+    assert "which is blocked" in alert["message"] and "alice@example.jp" in alert["message"]
+    assert svc0.metric("policy_server_blocked_origin_logins_total") == 1
+    # a client polling from there makes one notice an hour, not one a poll: the next login
+    # from a new origin is the next notice
+    await svc0.report("alice@example.jp", ABROAD)
+    following = await svc0.notice("alice@example.jp", "203.0.113.200")
+    assert following["reasons"] == ["new_provider"]
+    assert [n["reasons"][0] for n in svc0.hook.received].count("blocked_origin") == 1
+
+
+def test_a_blocked_origin_is_urgent_in_quiet_hours_and_learning() -> None:
+    tz = ZoneInfo("Asia/Tokyo")
+    now = time.time()
+    local = datetime.fromtimestamp(now, tz)
+    quiet = f"{local - timedelta(hours=1):%H:%M}-{local + timedelta(hours=1):%H:%M}"
+    # no combination of the channel's quiet_urgent is needed
+    assert quiet_until(now, quiet, tz, [Reason.NEW_PROVIDER], ()) is not None
+    assert quiet_until(now, quiet, tz, [Reason.BLOCKED_ORIGIN], ()) is None
+    # the learning period and policy.notify hold other reasons back, never this one
+    held = Decision((Reason.NEW_PROVIDER,), (), "learning")
+    found = from_blocked(held, "provider AS64510 in US")
+    assert found.notify == (Reason.BLOCKED_ORIGIN,)
+    assert found.reasons == (Reason.BLOCKED_ORIGIN, Reason.NEW_PROVIDER)
