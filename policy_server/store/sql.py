@@ -935,9 +935,7 @@ class SQLStore(GroupCommit, Store):
             )
         # an origin is confirmed by the owner's latest "It was me" for it
         confirmed = {
-            (a.prefix, a.country, a.provider): a.at
-            for a in answers
-            if a.answer is Answer.CONFIRMED
+            (a.prefix, a.country, a.provider): a.at for a in answers if a.answer is Answer.CONFIRMED
         }
         for row in origins:
             row["confirmed"] = confirmed.get((row["prefix"], row["country"], row["provider"]))
