@@ -7,6 +7,7 @@ The same pages in a real browser are in test_pages_browser.py.
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
@@ -31,6 +32,7 @@ from pages_support import (
 )
 from support import free_port
 
+from policy_server.commands.history import history_export, history_forget, history_show
 from policy_server.delivery.rules import quiet_until
 from policy_server.model import Reason
 from policy_server.policy import Decision, from_blocked
@@ -304,3 +306,34 @@ def test_a_blocked_origin_is_urgent_in_quiet_hours_and_learning() -> None:
     found = from_blocked(held, "provider AS64510 in US")
     assert found.notify == (Reason.BLOCKED_ORIGIN,)
     assert found.reasons == (Reason.BLOCKED_ORIGIN, Reason.NEW_PROVIDER)
+
+
+async def test_answers_show_in_history_and_go_with_forget(
+    running: Callable[..., Awaitable[Running]], owner: Callable[[str], Owner]
+) -> None:
+    svc = await running()
+    config = svc.client.app[keys.CONFIG]
+    notice = await unusual_notice(svc)
+    browser = owner("http://127.0.0.1:" + svc.public_url.split(":")[2].split("/")[0])
+    _, html = await browser.answer(notice["links"]["confirm"], "confirm")
+    assert 'data-result="confirmed"' in html
+    shown = io.StringIO()
+    assert await history_show(config, "alice@example.jp", shown) == 0
+    lines = shown.getvalue().splitlines()
+    (abroad,) = [line for line in lines if line.strip().startswith("198.51.100.0/24")]
+    (home,) = [line for line in lines if line.strip().startswith("203.0.113.0/24")]
+    assert "confirmed by the owner" in abroad and "confirmed" not in home
+    assert any("'it was me' to notice " + notice["id"] in line for line in lines)
+    exported = io.StringIO()
+    assert await history_export(config, "alice@example.jp", exported) == 0
+    document = json.loads(exported.getvalue())
+    by_prefix = {row["prefix"]: row for row in document["origins"]}
+    assert by_prefix["198.51.100.0/24"]["confirmed"].startswith("20")
+    assert by_prefix["203.0.113.0/24"]["confirmed"] is None
+    (answer,) = document["feedback"]
+    assert answer["notice_id"] == notice["id"] and answer["answer"] == "confirmed"
+    assert answer["provider"] == "AS64510" and answer["country"] == "US"
+    forgot = io.StringIO()
+    assert await history_forget(config, "alice@example.jp", forgot) == 0
+    assert "1 feedback" in forgot.getvalue()
+    assert await svc.client.app[keys.STORE].answer_to(notice["id"]) is None
