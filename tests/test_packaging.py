@@ -31,6 +31,10 @@ def test_wheel_contains_command_templates_and_migrations(tmp_path: Path) -> None
     for language in ("ja", "en"):
         for name in ("notice.txt", "subject.txt", "sms.txt"):
             assert f"policy_server/delivery/templates/{language}/{name}" in names
+    for name in ("base.html", "question.html", "result.html", "refused.html", "page.css"):
+        assert f"policy_server/web/templates/{name}" in names
+    assert "policy_server/store/migrations/sqlite/0006_feedback.sql" in names
+    assert "policy_server/store/migrations/postgres/0003_feedback.sql" in names
     assert "policy_server/py.typed" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
