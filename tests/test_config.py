@@ -239,6 +239,24 @@ def test_check_config_resolves_listen_host_names(
     assert "metrics.listen" not in err
 
 
+def test_check_config_checks_the_pages_listener_and_the_response_program(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[server]\nlisten = "127.0.0.1:4001"\n'
+        '[web]\nlisten = "127.0.0.1:4001"\npublic_url = "https://mail.example.com/notice"\n'
+        f'secret = "{"k" * 32}"\n'
+        '[response]\ncommand = ["/nonexistent/kick-account", "--now"]\n',
+        encoding="utf-8",
+    )
+    assert main(["check-config", "-c", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "web.listen: 127.0.0.1:4001 is also server.listen" in err
+    assert "response.command: '/nonexistent/kick-account' not found or not executable" in err
+    assert "k" * 32 not in err
+
+
 # -- geo files -------------------------------------------------------------------------------
 
 

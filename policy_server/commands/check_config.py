@@ -34,6 +34,9 @@ def channel_problems(config: Config) -> list[str]:
             problems.append(f"{where}: {exc}")
         if isinstance(channel, CommandChannelConfig) and shutil.which(channel.command[0]) is None:
             problems.append(f"{where}: command {channel.command[0]!r} not found or not executable")
+    response = config.response.command
+    if response and shutil.which(response[0]) is None:
+        problems.append(f"response.command: {response[0]!r} not found or not executable")
     return problems
 
 
@@ -42,6 +45,8 @@ def listen_problems(config: Config) -> list[str]:
     listeners = [("server.listen", config.server.listen)]
     if config.metrics.enabled:
         listeners.append(("metrics.listen", config.metrics.listen))
+    if config.web.listen:
+        listeners.append(("web.listen", config.web.listen))
     problems: list[str] = []
     seen: dict[tuple[str, int], str] = {}
     for key, listen in listeners:
