@@ -88,15 +88,30 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return now / 1024, peak / 1024
 
 
-def wrk(url: str, script: Path, duration: int, connections: int) -> dict[str, float]:
-    """Requests/s and latency percentiles (ms) of one wrk run."""
-    run = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    out = run.stdout
+def wrk(
+    url: str, script: Path, duration: int, connections: int, cpus: set[int] | None = None
+) -> dict[str, float]:
+    """Requests/s and latency percentiles (ms) of one wrk run (on ``cpus`` when given)."""
+    return wrk_side_by_side([url], script, duration, connections, cpus)[0]
+
+
+def wrk_side_by_side(
+    urls: list[str], script: Path, duration: int, connections: int, cpus: set[int] | None = None
+) -> list[dict[str, float]]:
+    """One wrk per URL, all at once (each with ``connections``), on ``cpus`` when given; the
+    figures of each, as ``wrk`` gives them."""
+    pin = ["taskset", "-c", ",".join(map(str, sorted(cpus)))] if cpus else []
+    load = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script)]
+    runs = [subprocess.Popen([*pin, *load, url], stdout=subprocess.PIPE, text=True) for url in urls]
+    outputs = [run.communicate()[0] for run in runs]
+    for run in runs:
+        if run.returncode != 0:
+            raise subprocess.CalledProcessError(run.returncode, run.args)
+    return [wrk_figures(out) for out in outputs]
+
+
+def wrk_figures(out: str) -> dict[str, float]:
+    """Requests/s, p50 and p99 (ms) and non-2xx answers from wrk's output."""
     figures = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
     for pct in ("50", "99"):
         match = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out)
@@ -169,9 +184,16 @@ async def open_loop(
 
 
 def service_config(
-    path: Path, port: int, db: Path | str, geo: dict[str, Path], sink: str, dsn: str = ""
+    path: Path,
+    port: int,
+    db: Path | str,
+    geo: dict[str, Path],
+    sink: str,
+    dsn: str = "",
+    metrics_port: int | None = None,
 ) -> Path:
-    """The service's config; ``db`` is a SQLite file, or a PostgreSQL schema with ``dsn``."""
+    """The service's config; ``db`` is a SQLite file, or a PostgreSQL schema with ``dsn``;
+    /metrics on ``metrics_port`` (a free port when None)."""
     storage = f'backend = "postgres"\ndsn = "{dsn}"\nschema = "{db}"' if dsn else f'path = "{db}"'
     path.write_text(
         f"""
@@ -191,7 +213,7 @@ hold_s = 0
 enabled = false
 [metrics]
 # on, as in production: its counters are part of every request's cost
-listen = "127.0.0.1:{free_port()}"
+listen = "127.0.0.1:{metrics_port or free_port()}"
 [[channels]]
 type = "webhook"
 url = "{sink}"

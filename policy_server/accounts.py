@@ -16,8 +16,9 @@ def normalize_login(login: str, config: AccountsConfig) -> str:
     key = login
     if config.strip:
         key = key.strip()
-    if config.nfc:
+    ascii_only = key.isascii()  # then NFC changes nothing and casefold is lower
+    if config.nfc and not ascii_only:
         key = unicodedata.normalize("NFC", key)
     if config.casefold:
-        key = key.casefold()
+        key = key.lower() if ascii_only else key.casefold()
     return key

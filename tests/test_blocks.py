@@ -18,8 +18,8 @@ from aiohttp.test_utils import TestClient
 from stores import postgres_config, require_postgres
 from support import free_port, service_config
 
-from policy_server.config import Config, NetworksConfig, load_config
-from policy_server.origin.networks import KnownNetworks
+from policy_server.config import Config, GeoipConfig, load_config
+from policy_server.origin.resolver import OriginResolver
 from policy_server.service import keys
 from policy_server.service.app import create_app
 from policy_server.store.base import Block, BlockKind, BlockSource, BlockTarget
@@ -106,14 +106,20 @@ async def test_prefix_scope_and_an_expired_block(service: Any) -> None:
     assert await allow(client, "carol", "203.0.113.7") == ALLOWED
 
 
-class BrokenNetworks(KnownNetworks):
-    """Known networks whose lookup fails: the origin of every login raises."""
+class Unreadable:
+    """A country lookup whose every answer fails as a damaged file's would."""
 
-    def __bool__(self) -> bool:
-        return True
+    calls = 0
 
-    def match(self, *args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("known networks unreadable")
+    def country(self, address: Any) -> Any:
+        self.calls += 1
+        raise RuntimeError("geo data unreadable")
+
+    def describe(self) -> str:
+        return "unreadable"
+
+    def close(self) -> None:
+        pass
 
 
 async def test_a_failing_origin_lookup_answers_status_zero(service: Any) -> None:
@@ -121,12 +127,15 @@ async def test_a_failing_origin_lookup_answers_status_zero(service: Any) -> None
     await client.app[keys.BLOCKS].add(operator_block("alice"), time.time())
     assert await allow(client, "alice", "203.0.113.7") == REFUSED
     resolver = client.app[keys.RESOLVER]
-    working, resolver.networks = resolver.networks, BrokenNetworks.load(NetworksConfig())
+    broken = Unreadable()
+    working = resolver.take_data(OriginResolver(GeoipConfig(bundled=False), broken, None))
     # the lookup of this account's login raises: never refused on an error
     assert await allow(client, "alice", "203.0.113.7") == ALLOWED
+    assert broken.calls == 1
     # an account without blocks is never looked up at all
     assert await allow(client, "bob", "203.0.113.7") == ALLOWED
-    resolver.networks = working
+    assert broken.calls == 1
+    resolver.take_data(working)
     assert await allow(client, "alice", "203.0.113.7") == REFUSED
 
 

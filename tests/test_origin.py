@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
+from geodata import Network, write_asn_mmdb, write_country_mmdb
 
 from policy_server.commands.main import main
 from policy_server.config import GeoipConfig
 from policy_server.model import AddressClass
 from policy_server.origin.address import AddressError, classify, parse_address
-from policy_server.origin.resolver import OriginResolver
+from policy_server.origin.backends import open_asn_file, open_country_file
+from policy_server.origin.resolver import OriginResolver, Place
 
 
 def resolver(
@@ -187,3 +190,87 @@ def test_lookup_command(
     )
     assert '"country": "DE"' in lines[1] and '"address": "192.0.2.1"' in lines[1]
     assert main(["lookup", "bogus", "-c", str(config)]) == 1
+
+
+class Counting:
+    """A lookup that counts the calls it passes on."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def country(self, address: Any) -> Any:
+        self.calls += 1
+        return self.inner.country(address)
+
+    def asn(self, address: Any) -> Any:
+        self.calls += 1
+        return self.inner.asn(address)
+
+    def describe(self) -> str:
+        return str(self.inner.describe())
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def counted(tmp_path: Path, rows: list[Network], name: str = "") -> tuple[OriginResolver, Counting]:
+    country = Counting(open_country_file(str(write_country_mmdb(tmp_path / f"c{name}", rows))))
+    asn = Counting(open_asn_file(str(write_asn_mmdb(tmp_path / f"a{name}", rows)), None))
+    return OriginResolver(GeoipConfig(bundled=False), country, asn), asn
+
+
+def test_answers_for_a_whole_prefix_are_looked_up_once(tmp_path: Path) -> None:
+    rows = [
+        Network("11.0.0.0/16", "US", 65001, "Wide US"),
+        Network("11.1.0.0/25", "DE", 65002, "Lower half DE"),
+        Network("11.1.0.128/25", "FR", 65003, "Upper half FR"),
+        Network("2001:db8:100::/40", "JP", 65004, "Wide JP"),
+    ]
+    r, asn = counted(tmp_path, rows)
+    first = r.resolve("11.0.3.7")
+    assert (first.country, first.asn, first.prefix) == ("US", 65001, "11.0.3.0/24")
+    again = r.resolve("11.0.3.200")
+    assert (again.country, again.asn, again.prefix, again.address) == (
+        "US",
+        65001,
+        "11.0.3.0/24",
+        "11.0.3.200",
+    )
+    assert asn.calls == 1  # the second address of that /24 from the cache
+    # a /24 cut in two by the data is looked up address by address, and each gets its own
+    assert (r.resolve("11.1.0.7").country, r.resolve("11.1.0.7").asn) == ("DE", 65002)
+    assert (r.resolve("11.1.0.200").country, r.resolve("11.1.0.200").asn) == ("FR", 65003)
+    assert asn.calls == 5  # each of the four resolves
+    v6 = r.resolve("2001:db8:100:5::1")
+    assert (v6.country, v6.prefix) == ("JP", "2001:db8:100::/48")
+    assert r.resolve("2001:db8:100:6::9").asn == 65004
+    assert asn.calls == 6
+    # the light lookup of the allow path says the same as the full one
+    for address in ("11.0.3.9", "11.0.3.10", "11.1.0.200", "2001:db8:100:7::1", "198.18.0.1"):
+        origin = r.resolve(address)
+        assert r.locate(address) == Place(origin.prefix, origin.country, origin.provider)
+    with pytest.raises(AddressError):
+        r.locate("not-an-address")
+
+
+def test_new_geo_data_starts_an_empty_cache(tmp_path: Path) -> None:
+    r, _ = counted(tmp_path, [Network("11.0.0.0/16", "US", 65001, "Old")], "old")
+    assert r.resolve("11.0.3.7").country == "US"
+    fresh, _ = counted(tmp_path, [Network("11.0.0.0/16", "CA", 65009, "New")], "new")
+    r.take_data(fresh).close()
+    moved = r.resolve("11.0.3.7")
+    assert (moved.country, moved.asn, moved.as_org) == ("CA", 65009, "New")
+    assert r.locate("11.0.3.8") == Place("11.0.3.0/24", "CA", "AS65009")
+
+
+def test_the_light_lookup_reads_every_form_dovecot_or_a_proxy_sends(tmp_path: Path) -> None:
+    r, _ = counted(tmp_path, [Network("11.0.0.0/16", "US", 65001, "Wide US")])
+    plain = r.locate("11.0.3.9")
+    assert plain == Place("11.0.3.0/24", "US", "AS65001")
+    for form in ("::ffff:11.0.3.9", "[11.0.3.9]", " 11.0.3.9 "):
+        assert r.locate(form) == plain, form
+    assert r.locate("fe80::1%eth0").prefix == "fe80::/48"
+    for bad in ("011.0.3.9", "11.0.3", ""):
+        with pytest.raises(AddressError):
+            r.locate(bad)

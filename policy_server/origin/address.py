@@ -66,5 +66,10 @@ def classify(address: IPAddress) -> AddressClass:
 
 def network_prefix(address: IPAddress, ipv4_bits: int, ipv6_bits: int) -> str:
     """The address's network at the configured width, e.g. ``203.0.113.0/24``."""
-    bits = ipv4_bits if isinstance(address, ipaddress.IPv4Address) else ipv6_bits
-    return str(ipaddress.ip_network(f"{address}/{bits}", strict=False))
+    if isinstance(address, ipaddress.IPv4Address):
+        drop = 32 - ipv4_bits
+        network: IPAddress = ipaddress.IPv4Address(int(address) >> drop << drop)
+        return f"{network}/{ipv4_bits}"
+    drop = 128 - ipv6_bits
+    network = ipaddress.IPv6Address(int(address) >> drop << drop)
+    return f"{network}/{ipv6_bits}"

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import datetime
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-import geoip2.database
-import geoip2.errors
 import maxminddb
 import pyasn
 
@@ -17,28 +16,46 @@ from .address import IPAddress
 # What a lookup may raise for a damaged file or an odd address, beyond "not found".
 LookupError_ = (ValueError, OSError, TypeError, maxminddb.InvalidDatabaseError, KeyError)
 
+#: An answer and the prefix length of the network it holds for: every address of that network
+#: gets the same answer. None when the lookup cannot say (the answer is then for the address
+#: alone).
+Width = int | None
+
 
 class CountryLookup(Protocol):
-    def country(self, address: IPAddress) -> str | None: ...
+    def country(self, address: IPAddress) -> tuple[str | None, Width]: ...
     def describe(self) -> str: ...
     def close(self) -> None: ...
 
 
 class AsnLookup(Protocol):
-    def asn(self, address: IPAddress) -> tuple[int | None, str | None]: ...
+    def asn(self, address: IPAddress) -> tuple[int | None, str | None, Width]: ...
     def describe(self) -> str: ...
     def close(self) -> None: ...
 
 
 class _MaxMindFile:
-    """What every MaxMind database file offers, whatever its records: a description, its build
-    time, and closing."""
+    """What every MaxMind database file offers, whatever its records: a lookup with the width
+    of the network it found, a description, its build time, and closing."""
 
-    def __init__(self, path: str, reader: geoip2.database.Reader) -> None:
-        self._reader = reader
-        meta = reader.metadata()
+    #: words one of which the file's database type must hold, and what such a file is
+    TYPES: ClassVar[tuple[str, ...]] = ()
+    KIND: ClassVar[str] = ""
+
+    def __init__(self, path: str, reader: maxminddb.Reader | None = None) -> None:
+        self._reader = reader if reader is not None else maxminddb.open_database(path)
+        meta = self._reader.metadata()
+        if not any(word in meta.database_type for word in self.TYPES):
+            self._reader.close()
+            raise ValueError(f"{meta.database_type} is not {self.KIND}")
         built = datetime.datetime.fromtimestamp(meta.build_epoch, datetime.UTC).date()
         self._description = f"{path} ({meta.database_type}, built {built})"
+
+    def _record(self, address: IPAddress) -> tuple[Mapping[str, Any], int]:
+        """The address's record ({} when the file has none) and its network's prefix length
+        (for IPv4 in IPv4 terms, in a file of IPv6 trees too)."""
+        record, width = self._reader.get_with_prefix_len(address)
+        return (record if isinstance(record, dict) else {}), width
 
     def describe(self) -> str:
         return self._description
@@ -52,37 +69,36 @@ class _MaxMindFile:
 
 
 class MaxMindCountry(_MaxMindFile):
-    """A GeoIP2/GeoLite2 Country or City database through geoip2's reader."""
+    """A GeoIP2/GeoLite2 Country or City database."""
 
-    def __init__(self, path: str) -> None:
-        super().__init__(path, geoip2.database.Reader(path))
-        database_type = self._reader.metadata().database_type
-        if "City" in database_type:
-            self._lookup: Any = self._reader.city
-        elif "Country" in database_type:
-            self._lookup = self._reader.country
-        else:
-            self._reader.close()
-            raise ValueError(f"{database_type} is not a Country or City database")
+    TYPES = ("City", "Country")
+    KIND = "a Country or City database"
 
-    def country(self, address: IPAddress) -> str | None:
-        try:
-            record = self._lookup(address)
-        except geoip2.errors.AddressNotFoundError:
-            return None
-        code: str | None = record.country.iso_code or record.registered_country.iso_code
-        return code
+    def country(self, address: IPAddress) -> tuple[str | None, Width]:
+        record, width = self._record(address)
+        for key in ("country", "registered_country"):
+            place = record.get(key)
+            code = place.get("iso_code") if isinstance(place, dict) else None
+            if isinstance(code, str) and code:
+                return code, width
+        return None, width
 
 
 class MaxMindAsn(_MaxMindFile):
-    """A GeoLite2-ASN (or GeoIP2-ISP) database through geoip2's reader."""
+    """A GeoLite2-ASN (or GeoIP2-ISP) database."""
 
-    def asn(self, address: IPAddress) -> tuple[int | None, str | None]:
-        try:
-            record = self._reader.asn(address)
-        except geoip2.errors.AddressNotFoundError:
-            return None, None
-        return record.autonomous_system_number, record.autonomous_system_organization
+    TYPES = ("ASN", "ISP")
+    KIND = "an ASN database"
+
+    def asn(self, address: IPAddress) -> tuple[int | None, str | None, Width]:
+        record, width = self._record(address)
+        number = record.get("autonomous_system_number")
+        name = record.get("autonomous_system_organization")
+        return (
+            number if isinstance(number, int) else None,
+            name if isinstance(name, str) and name else None,
+            width,
+        )
 
 
 class PyasnAsn:
@@ -95,12 +111,15 @@ class PyasnAsn:
         self._names = names_path is not None
         self._description = f"{path} (pyasn{', with AS names' if names_path else ''})"
 
-    def asn(self, address: IPAddress) -> tuple[int | None, str | None]:
-        number, _prefix = self._db.lookup(str(address))
+    def asn(self, address: IPAddress) -> tuple[int | None, str | None, Width]:
+        number, prefix = self._db.lookup(str(address))
         if number is None:
-            return None, None
+            return None, None, None
         name = self._db.get_as_name(number) if self._names else None
-        return int(number), name or None
+        width = None
+        if isinstance(prefix, str) and "/" in prefix:
+            width = int(prefix.rpartition("/")[2])
+        return int(number), name or None, width
 
     def describe(self) -> str:
         return self._description
@@ -118,13 +137,9 @@ def open_asn_file(path: str, names_path: str | None) -> AsnLookup:
     if not Path(path).is_file():
         raise FileNotFoundError(f"no such file: {path}")
     try:
-        reader = geoip2.database.Reader(path)
+        reader = maxminddb.open_database(path)
     except (maxminddb.InvalidDatabaseError, ValueError):
         return PyasnAsn(path, names_path)
-    database_type = reader.metadata().database_type
-    if "ASN" not in database_type and "ISP" not in database_type:
-        reader.close()
-        raise ValueError(f"{database_type} is not an ASN database")
     return MaxMindAsn(path, reader)
 
 
@@ -170,11 +185,11 @@ class BundledData:
             )
         return self._last[1], self._last[2]
 
-    def country(self, address: IPAddress) -> str | None:
-        return self._lookup(address)[0]
+    def country(self, address: IPAddress) -> tuple[str | None, Width]:
+        return self._lookup(address)[0], None
 
-    def asn(self, address: IPAddress) -> tuple[int | None, str | None]:
-        return None, self._lookup(address)[1]
+    def asn(self, address: IPAddress) -> tuple[int | None, str | None, Width]:
+        return None, self._lookup(address)[1], None
 
     def describe(self) -> str:
         return self._description

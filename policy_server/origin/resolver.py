@@ -5,17 +5,22 @@ a GeoLite2-ASN database. With nothing configured for a part, the bundled dataset
 ``geoip2fast`` package serves it (GeoLite2-derived country and AS organisation names). A
 configured file that cannot be opened is logged once and that part resolves to unknown: the
 admin asked for that file, and unknown is the honest answer, not silently other data.
+
+The files' answers are kept per network prefix (``[geoip] ipv4_prefix``/``ipv6_prefix``) when
+the files say they hold for the whole prefix, so the next login from that network costs a
+dictionary lookup; new geo data starts an empty cache.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import socket
+from typing import Any, NamedTuple
 
 from ..config import GeoipConfig
 from ..logs import RateLimitedLog
-from ..model import Origin
-from .address import classify, network_prefix, parse_address
+from ..model import Origin, provider_id
+from .address import IPAddress, classify, network_prefix, parse_address
 from .backends import (
     AsnLookup,
     BundledData,
@@ -27,6 +32,29 @@ from .backends import (
 from .networks import KnownNetworks
 
 log = logging.getLogger("policy_server.origin")
+
+#: How many prefixes' geo answers a resolver keeps (emptied when full): most logins come from
+#: the networks of the last minutes, and a lookup in the files costs many times a hit.
+CACHE_PREFIXES = 65_536
+
+
+class Place(NamedTuple):
+    """Where an address is, as far as blocks go: its network prefix, country and provider
+    (``provider_id``)."""
+
+    prefix: str
+    country: str | None
+    provider: str | None
+
+
+class _Placed(NamedTuple):
+    """An address's prefix and geo answers, and its ``Place`` made once for the prefix."""
+
+    prefix: str
+    country: str | None
+    asn: int | None
+    as_org: str | None
+    place: Place
 
 
 class OriginResolver:
@@ -44,6 +72,10 @@ class OriginResolver:
         self._errors = RateLimitedLog(log)
         #: the admin's known networks; replaced as a whole on reload
         self.networks = KnownNetworks()
+        # prefix (as an int, with the IP version in its lowest bit) -> its prefix and answers
+        self._cache: dict[int, _Placed] = {}
+        # the bits below the prefix of an IPv4 and of an IPv6 address
+        self._drop = (32 - config.ipv4_prefix, 128 - config.ipv6_prefix)
 
     @classmethod
     def from_config(cls, config: GeoipConfig) -> OriginResolver:
@@ -69,26 +101,14 @@ class OriginResolver:
     def resolve(self, text: str) -> Origin:
         """The origin of a client address; raises AddressError for text that is no address."""
         address = parse_address(text)
-        country: str | None = None
-        asn: int | None = None
-        as_org: str | None = None
         # Every class is looked up: real data has no entry for private ranges, but an admin's
         # own database may map them.
-        if self._country is not None:
-            try:
-                country = self._country.country(address)
-            except LookupError_ as exc:
-                self._errors.log(logging.WARNING, "country", "country lookup failed: %s", exc)
-        if self._asn is not None:
-            try:
-                asn, as_org = self._asn.asn(address)
-            except LookupError_ as exc:
-                self._errors.log(logging.WARNING, "asn", "ASN lookup failed: %s", exc)
+        prefix, country, asn, as_org, _ = self._placed(address)
         network = self.networks.match(address, asn) if self.networks else None
         return Origin(
             address=str(address),
             address_class=classify(address),
-            prefix=network_prefix(address, self._config.ipv4_prefix, self._config.ipv6_prefix),
+            prefix=prefix,
             country=country,
             asn=asn,
             as_org=as_org,
@@ -96,12 +116,69 @@ class OriginResolver:
             network_label=network.label if network else None,
         )
 
+    def locate(self, text: str) -> Place:
+        """Only the prefix, country and provider of a client address (what a block names),
+        without classifying it; raises AddressError for text that is no address."""
+        # a plain address as Dovecot sends it finds its prefix without ``ipaddress``
+        key = -1
+        try:
+            packed = socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+        except (OSError, ValueError):
+            pass  # another form: parse_address reads it
+        else:
+            number = int.from_bytes(packed)
+            if len(packed) == 4:
+                key = (number >> self._drop[0]) << 1 | 1
+            elif number >> 32 != 0xFFFF:  # not IPv4-mapped, which parse_address makes IPv4
+                key = (number >> self._drop[1]) << 1
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._placed(parse_address(text))
+        return hit.place
+
+    def _placed(self, address: IPAddress) -> _Placed:
+        """The address's prefix and geo answers, from the cache when its prefix is there."""
+        v4 = address.version == 4
+        bits = self._config.ipv4_prefix if v4 else self._config.ipv6_prefix
+        key = (int(address) >> ((32 if v4 else 128) - bits)) << 1 | v4  # as in locate
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        country: str | None = None
+        asn: int | None = None
+        as_org: str | None = None
+        widths: list[int | None] = []
+        if self._country is not None:
+            try:
+                country, width = self._country.country(address)
+                widths.append(width)
+            except LookupError_ as exc:
+                widths.append(None)
+                self._errors.log(logging.WARNING, "country", "country lookup failed: %s", exc)
+        if self._asn is not None:
+            try:
+                asn, as_org, width = self._asn.asn(address)
+                widths.append(width)
+            except LookupError_ as exc:
+                widths.append(None)
+                self._errors.log(logging.WARNING, "asn", "ASN lookup failed: %s", exc)
+        prefix = network_prefix(address, bits, bits)
+        place = Place(prefix, country, provider_id(asn, as_org))
+        placed = _Placed(prefix, country, asn, as_org, place)
+        # kept only when every answer holds for the whole prefix (a network no narrower)
+        if all(width is not None and width <= bits for width in widths):
+            if len(self._cache) >= CACHE_PREFIXES:
+                self._cache.clear()
+            self._cache[key] = placed
+        return placed
+
     def take_data(self, other: OriginResolver) -> OriginResolver:
         """Use ``other``'s lookups from now on; returns a resolver holding the old ones, for
         the caller to close once requests in flight are done with them."""
         old = OriginResolver(self._config, self._country, self._asn)
         self._config, self._country, self._asn = other._config, other._country, other._asn
         other._country = other._asn = None
+        self._cache, self._drop = {}, other._drop
         return old
 
     def missing(self, config: GeoipConfig) -> list[str]:

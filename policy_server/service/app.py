@@ -190,7 +190,12 @@ async def _pages_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _blocks_ctx(app: web.Application) -> AsyncIterator[None]:
-    blocks = BlockSet(app[keys.STORE], app[keys.METRICS])
+    blocks = BlockSet(
+        app[keys.STORE],
+        app[keys.METRICS],
+        accounts=app[keys.CONFIG].accounts,
+        locate=app[keys.RESOLVER].locate,  # the resolver stays, its data may change
+    )
     # a start without the blocks would let blocked origins in: a store failure stops it
     await blocks.refresh()
     if blocks:

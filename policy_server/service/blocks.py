@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Literal, Protocol
 
+from ..accounts import normalize_login
+from ..config import AccountsConfig
 from ..logs import RateLimitedLog
 from ..model import Origin
 from ..store.base import Block, BlockKind, Blocks, BlockTarget, StoreError
@@ -44,7 +46,18 @@ def target_for(origin: Origin, scope: Scope) -> BlockTarget:
     return target_of(origin.prefix, origin.provider, origin.country, scope)
 
 
-def targets_of(origin: Origin) -> tuple[BlockTarget, ...]:
+class Placed(Protocol):
+    """What a block is checked against: an ``Origin``, or the resolver's lighter ``Place``."""
+
+    @property
+    def prefix(self) -> str: ...
+    @property
+    def country(self) -> str | None: ...
+    @property
+    def provider(self) -> str | None: ...
+
+
+def targets_of(origin: Placed) -> tuple[BlockTarget, ...]:
     """Every target a block could name that covers ``origin`` (whatever the scope was)."""
     prefix = BlockTarget(BlockKind.PREFIX, origin.prefix)
     provider = origin.provider
@@ -53,18 +66,46 @@ def targets_of(origin: Origin) -> tuple[BlockTarget, ...]:
     return (BlockTarget(BlockKind.PROVIDER, provider, origin.country or ""), prefix)
 
 
+# How the set files a target: the prefix text alone (it holds a "/"), or the pair (provider,
+# country). Plain strings and tuples hash at once, so the allow path builds no object to ask;
+# and a set of strings, tuples of them and floats is one the garbage collector soon stops
+# walking, however many blocks it holds.
+_Key = str | tuple[str, str]
+
+
+def _key(target: BlockTarget) -> _Key:
+    if target.kind is BlockKind.PREFIX:
+        return target.key
+    return (target.key, target.country)
+
+
+def _target(key: _Key) -> BlockTarget:
+    if isinstance(key, str):
+        return BlockTarget(BlockKind.PREFIX, key)
+    return BlockTarget(BlockKind.PROVIDER, key[0], key[1])
+
+
 class BlockSet:
     """Every active block, by account, as last read from the store."""
 
     def __init__(
-        self, store: Blocks, metrics: Metrics | None = None, refresh_s: float = REFRESH_S
+        self,
+        store: Blocks,
+        metrics: Metrics | None = None,
+        refresh_s: float = REFRESH_S,
+        *,
+        accounts: AccountsConfig | None = None,
+        locate: Callable[[str], Placed] | None = None,
     ) -> None:
         self._store = store
+        # for ``refuses``: how logins become accounts, and where an address is
+        self._accounts = accounts or AccountsConfig()
+        self._locate = locate
         self._metrics = metrics
         self._refresh_s = refresh_s
         self._version = -1
-        # account -> its blocks' targets and their ends
-        self._by_account: dict[str, dict[BlockTarget, float]] = {}
+        # account -> its blocks' keys -> until
+        self._by_account: dict[str, dict[_Key, float]] = {}
         self._lock = asyncio.Lock()
 
     def __bool__(self) -> bool:
@@ -73,20 +114,45 @@ class BlockSet:
     def __len__(self) -> int:
         return sum(len(blocks) for blocks in self._by_account.values())
 
+    def has(self, account: str) -> bool:
+        """Whether the account has any block (one dictionary lookup)."""
+        return account in self._by_account
+
     def of(self, account: str) -> dict[BlockTarget, float] | None:
         """The account's blocks (target -> until), None when it has none."""
-        return self._by_account.get(account)
+        blocks = self._by_account.get(account)
+        if not blocks:
+            return None
+        return {_target(key): until for key, until in blocks.items()}
 
-    def refusing(self, account: str, origin: Origin, now: float) -> BlockTarget | None:
+    def refusing(self, account: str, origin: Placed, now: float) -> BlockTarget | None:
         """The active block of ``account`` that covers ``origin``, if any."""
         blocks = self._by_account.get(account)
         if not blocks:
             return None
-        for target in targets_of(origin):
-            until = blocks.get(target)
+        # the targets of targets_of(origin), in its order
+        provider = origin.provider
+        if provider is not None:
+            key: _Key = (provider, origin.country or "")
+            until = blocks.get(key)
             if until is not None and until > now:
-                return target
+                return _target(key)
+        until = blocks.get(origin.prefix)
+        if until is not None and until > now:
+            return _target(origin.prefix)
         return None
+
+    def refuses(self, login: str, remote: str, now: float) -> BlockTarget | None:
+        """The active block that covers a login of ``login`` from ``remote``, if any: the
+        ``allow`` check, for which an account without blocks costs one dictionary lookup.
+        Raises what placing the address raises (AddressError for no address)."""
+        by_account = self._by_account
+        if not by_account:
+            return None
+        account = normalize_login(login, self._accounts)
+        if account not in by_account or self._locate is None:
+            return None
+        return self.refusing(account, self._locate(remote), now)
 
     async def refresh(self, force: bool = False) -> bool:
         """Read the blocks again if the store's version changed (``force``: in any case);
@@ -95,9 +161,9 @@ class BlockSet:
             now = time.time()
             found = await self._store.active_blocks(now, -1 if force else self._version)
             if found is not None:
-                by_account: dict[str, dict[BlockTarget, float]] = {}
+                by_account: dict[str, dict[_Key, float]] = {}
                 for block in found.blocks:
-                    by_account.setdefault(block.account, {})[block.target] = block.until
+                    by_account.setdefault(block.account, {})[_key(block.target)] = block.until
                 self._by_account = by_account
                 self._version = found.version
             if self._metrics is not None:

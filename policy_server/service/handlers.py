@@ -16,12 +16,12 @@ import time
 
 from aiohttp import web
 
-from ..accounts import normalize_login
 from ..logs import RateLimitedLog
 from ..model import Command, LoginEvent
 from ..protocol import ALLOW_ANSWER, REPORT_ANSWER, ProtocolError, parse_request
 from ..store.base import Outcome, Overloaded
 from . import keys
+from .blocks import BlockSet
 from .stats import Stats, command_label
 
 log = logging.getLogger("policy_server.http")
@@ -100,7 +100,7 @@ async def policy_endpoint(request: web.Request) -> web.Response:
         _limited.log(logging.WARNING, "repaired", "request from %s: %s", request.remote, repair)
     if event.command is Command.ALLOW:
         # only an account with blocks costs more than a dictionary lookup
-        if app[keys.BLOCKS] and _refused(app, event):
+        if _refused(app[keys.BLOCKS], event):
             stats.count("allow", "refused")
             metrics = stats.metrics
             if metrics is not None:
@@ -138,15 +138,10 @@ async def policy_endpoint(request: web.Request) -> web.Response:
     return _answer(REPORT_ANSWER)
 
 
-def _refused(app: web.Application, event: LoginEvent) -> bool:
+def _refused(blocks: BlockSet, event: LoginEvent) -> bool:
     """Whether the login's account blocked its origin; never True on an error (fail open)."""
     try:
-        account = normalize_login(event.login, app[keys.CONFIG].accounts)
-        blocks = app[keys.BLOCKS]
-        if blocks.of(account) is None:
-            return False
-        origin = app[keys.RECORDER].origin(event.remote)
-        return blocks.refusing(account, origin, time.time()) is not None
+        return blocks.refuses(event.login, event.remote, time.time()) is not None
     except Exception as exc:
         _limited.log(
             logging.WARNING,
