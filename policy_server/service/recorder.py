@@ -12,7 +12,7 @@ from ..accounts import normalize_login
 from ..config import Config
 from ..events import Event, EventWriter
 from ..model import History, LoginEvent, Origin
-from ..origin.resolver import OriginResolver, Place
+from ..origin.resolver import OriginResolver
 from ..policy import KNOWN, decide, fresh_repeat, from_blocked
 from ..store.base import (
     BlockTarget,
@@ -92,10 +92,6 @@ class LoginRecorder:
 
     def origin(self, remote: str) -> Origin:
         return self._resolver().resolve(remote)
-
-    def place(self, remote: str) -> Place:
-        """Only what a block names of the address (cheaper than ``origin``)."""
-        return self._resolver().locate(remote)
 
     def begin(self, event: LoginEvent, at: float | None = None) -> Outcome | Prepared:
         """The part of a report that needs no waiting: an answer, or what ``finish`` needs.
