@@ -66,6 +66,10 @@ def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) ->
         proc.wait(timeout=timeout)
 
 
+# the key the owner's links are signed with, when a service has its pages on
+WEB_SECRET = "e2e-owner-links-secret-0123456789abcdef"
+
+
 class WebhookSink:
     """An aiohttp server in a thread of its own that records what the service delivers."""
 
@@ -127,9 +131,25 @@ class PolicyService:
         sink_url: str,
         api_header: str = "",
         hold_s: float = 0.0,
+        web: bool = False,
+        metrics: bool = False,
     ) -> None:
         self.directory = directory
         self.port = free_port()
+        # the owner's pages ([web] listen) and /metrics, each on a free port when asked for
+        self.web_port = free_port() if web else None
+        self.metrics_port = free_port() if metrics else None
+        web_section = ""
+        if self.web_port is not None:
+            web_section = f"""
+[web]
+listen = "127.0.0.1:{self.web_port}"
+public_url = "{self.public_url}"
+secret = "{WEB_SECRET}"
+"""
+        metrics_section = "enabled = false"
+        if self.metrics_port is not None:
+            metrics_section = f'enabled = true\nlisten = "127.0.0.1:{self.metrics_port}"'
         # the header Dovecot sends for this value ("Name: value", or a bare X-API-Key value)
         name, colon, value = api_header.partition(":")
         self.headers = {name.strip(): value.strip()} if colon else {"X-API-Key": api_header}
@@ -166,7 +186,8 @@ lease_s = 5.0
 hold_s = {hold_s}
 throttle = []
 [metrics]
-enabled = false
+{metrics_section}
+{web_section}
 [[channels]]
 type = "webhook"
 url = "{sink_url}"
@@ -178,6 +199,33 @@ url = "{sink_url}"
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
+
+    @property
+    def public_url(self) -> str:
+        """The base of the owner's links: the pages' own address (``[web] public_url``)."""
+        assert self.web_port is not None, "started without web=True"
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``policy-server ARGS -c CONFIG``, the command line with this service's config."""
+        return subprocess.run(
+            [sys.executable, "-m", "policy_server", *args, "-c", str(self.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def metric(self, name: str) -> float:
+        """A sample of the service's /metrics (needs ``metrics=True``); 0 when absent."""
+        assert self.metrics_port is not None, "started without metrics=True"
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode("utf-8")
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == name:
+                return float(value)
+        return 0.0
 
     def start(self) -> None:
         with self.log_path.open("ab") as log, self.stdout_path.open("ab") as out:
@@ -196,6 +244,9 @@ url = "{sink_url}"
                 stderr=log,
             )
         wait_until(self.ready, 30, "policy-server to answer")
+        for port in (self.web_port, self.metrics_port):
+            if port is not None:
+                wait_until(functools.partial(port_open, port), 30, f"policy-server on port {port}")
 
     def post(
         self, command: str, payload: dict[str, Any], timeout: float = 1.0, *, auth: bool = True

@@ -34,11 +34,15 @@ def start_world(
     api_header: str = API_HEADER,
     hold_s: float = 0.0,
     scenario: Scenario | None = None,
+    web: bool = False,
+    metrics: bool = False,
 ) -> World:
     directory.mkdir(parents=True, exist_ok=True)
     sink = WebhookSink()
     sink.start()
-    service = PolicyService(directory, geo, sink.url, api_header=api_header, hold_s=hold_s)
+    service = PolicyService(
+        directory, geo, sink.url, api_header=api_header, hold_s=hold_s, web=web, metrics=metrics
+    )
     service.start()
     dovecot = Dovecot(build, directory / "dovecot", service.url, api_header, scenario or Scenario())
     try:
