@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .client import Client
+
 
 class Command(enum.StrEnum):
     """The two commands Dovecot's auth-policy client sends."""
@@ -172,6 +174,8 @@ class Notice:
     # the admin's known network the login came through (category, label), if any
     network: str | None = None
     network_label: str | None = None
+    # the mail program the login's IMAP ID named, if any
+    client: Client | None = None
 
     @property
     def provider(self) -> str | None:
@@ -198,4 +202,5 @@ class Notice:
             "protocols": list(self.services),
             "network": self.network,
             "network_label": self.network_label,
+            "client": self.client.payload() if self.client else None,
         }

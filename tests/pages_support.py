@@ -94,8 +94,10 @@ class Running:
     public_url: str
     program_out: Path
 
-    async def report(self, login: str, remote: str) -> None:
+    async def report(self, login: str, remote: str, device_id: str = "") -> None:
         body = {"login": login, "remote": remote, "protocol": "imap", "success": True}
+        if device_id:
+            body["device_id"] = device_id
         resp = await self.client.post("/?command=report", data=json.dumps(body))
         assert resp.status == 200
 
@@ -104,10 +106,10 @@ class Running:
         resp = await self.client.post("/?command=allow", data=json.dumps(body))
         return await resp.json()
 
-    async def notice(self, login: str, remote: str) -> dict[str, Any]:
+    async def notice(self, login: str, remote: str, device_id: str = "") -> dict[str, Any]:
         """Report a login and return the payload of the notice it made."""
         before = len(self.hook.received)
-        await self.report(login, remote)
+        await self.report(login, remote, device_id)
         received = await self.hook.wait_for(before + 1)
         return received[before]
 

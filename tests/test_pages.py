@@ -80,6 +80,21 @@ async def test_get_shows_the_access_and_changes_nothing(
     assert "パスワードをお尋ねすることはありません" in html
     _, confirm_html, _ = await scanner.get(links["confirm"])
     assert read_form(confirm_html).buttons == ["confirm"]
+    # no IMAP ID, no mail program named
+    assert notice["client"] is None and 'id="access-program"' not in html
+
+
+async def test_the_mail_program_reaches_the_notice_and_the_page(
+    running: Callable[..., Awaitable[Running]], owner: Callable[[str], Owner]
+) -> None:
+    svc = await running()
+    await svc.notice("alice@example.jp", HOME)
+    # Dovecot passes the IMAP ID on as device_id
+    notice = await svc.notice("alice@example.jp", ABROAD, '"name" "Thunderbird" "version" "128.3"')
+    assert notice["client"] == {"name": "Thunderbird", "version": "128.3"}
+    assert "■メールソフト\nThunderbird 128\n" in notice["message"]
+    _, html, _ = await owner("http://127.0.0.1").get(notice["links"]["deny"])
+    assert '<td id="access-program">Thunderbird 128</td>' in html
 
 
 async def test_deny_blocks_alerts_and_runs_the_program(

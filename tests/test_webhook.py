@@ -27,6 +27,7 @@ from standardwebhooks.webhooks import Webhook
 from support import ScriptedPeer, make_notice, scripted_peer
 
 from policy_server import __version__
+from policy_server.client import Client
 from policy_server.config import LogChannelConfig, MessageConfig, WebConfig, WebhookChannelConfig
 from policy_server.delivery.channels.base import Channel, build_channel
 from policy_server.delivery.channels.errors import (
@@ -126,6 +127,7 @@ async def test_payload_is_the_contract(
         "protocols": ["imap"],
         "network": None,
         "network_label": None,
+        "client": None,
         "earlier": [],
         "links": None,
         "message": TEXT,
@@ -134,6 +136,17 @@ async def test_payload_is_the_contract(
     assert request.headers["User-Agent"] == f"policy-server/{__version__}"
     assert request.headers["Authorization"] == "Bearer t0ken"
     assert "webhook-signature" not in {name.lower() for name in request.headers}
+
+
+async def test_the_mail_program_is_named_with_its_version(
+    sink: ScriptedPeer, make_channel: Any, notice: Notice
+) -> None:
+    channel = await make_channel(sink.url())
+    await channel.send(replace(notice, client=Client("Thunderbird", "128.3")), MESSAGE)
+    await channel.send(replace(notice, client=Client("GImap")), MESSAGE)
+    first, second = (json.loads(r.body)["client"] for r in sink.requests)
+    assert first == {"name": "Thunderbird", "version": "128.3"}
+    assert second == {"name": "GImap", "version": None}
 
 
 async def test_folded_notices_are_named_in_earlier(

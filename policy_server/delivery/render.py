@@ -25,6 +25,7 @@ from babel import Locale, UnknownLocaleError
 from babel.core import get_global
 from babel.dates import format_datetime, get_timezone_location
 
+from ..client import Client
 from ..config import MessageConfig, WebConfig
 from ..model import Notice, Reason, Recipient
 from ..web.tokens import NoticeLinks, links
@@ -63,6 +64,8 @@ TEMPLATE_VARIABLES = frozenset(
         "earlier",
         "network",
         "network_label",
+        # the mail program its IMAP ID named ("Thunderbird 128"), "" when unknown
+        "client",
         # the owner's links ("" when [web] has none): both answers, and the page with both
         "confirm_url",
         "deny_url",
@@ -104,6 +107,7 @@ SAMPLE_NOTICES = (
         as_org="Example Networks",
         prefix="203.0.113.0/24",
         protocols=("smtp", "imap"),
+        client=Client("Thunderbird", "128.3.0"),
     ),
     Notice(
         id="sample-network",
@@ -369,6 +373,7 @@ class Renderer:
             "earlier": earlier,
             "network": notice.network,
             "network_label": notice.network_label,
+            "client": notice.client.label if notice.client else "",
             "confirm_url": owner_links.confirm if owner_links else "",
             "deny_url": owner_links.deny if owner_links else "",
             "page_url": owner_links.page if owner_links else "",

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..accounts import normalize_login
+from ..client import parse_client_id
 from ..config import Config
 from ..events import Event, EventWriter
 from ..model import History, LoginEvent, Origin
@@ -196,6 +197,7 @@ class LoginRecorder:
                 remote=event.remote,
                 origin=origin,
                 at=at,
+                client=parse_client_id(event.device_id) if event.device_id else None,
             ),
             decide,
             self._channels,

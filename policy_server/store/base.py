@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, TypedDict, runtime_checkable
 
+from ..client import Client
 from ..model import History, KnownOrigin, Notice, Origin
 from ..policy import Decision
 
@@ -86,6 +87,8 @@ class SuccessfulLogin:
     remote: str
     origin: Origin
     at: float
+    # the mail program its IMAP ID names, if any
+    client: Client | None = None
 
 
 @dataclass(frozen=True, slots=True)

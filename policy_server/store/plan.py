@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ..client import Client
 from ..model import History, KnownOrigin, Notice, Reason
 from ..policy import KNOWN, repeat_writes
 from .base import Decide, Outcome, SuccessfulLogin, origin_snapshot
@@ -114,6 +115,7 @@ def notice_from_payload(payload: str) -> Notice:
         protocols=tuple(data.get("protocols", ())),
         network=data.get("network"),
         network_label=data.get("network_label"),
+        client=Client.from_payload(data.get("client")),
     )
 
 
@@ -285,6 +287,7 @@ def plan_batch(
                 protocols=(login.protocol,),
                 network=origin.network,
                 network_label=origin.network_label,
+                client=login.client,
             )
             notice_id = notice.id
             payload = notice_payload(notice)

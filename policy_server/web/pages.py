@@ -275,7 +275,7 @@ class OwnerPages:
             "protocols": seen["protocols"],
             "country_name": seen["country_name"],
             "provider": provider,
-            "program": "",
+            "program": seen["client"],
         }
         target = self._responder.target(notice)
         if target.kind is BlockKind.PROVIDER:

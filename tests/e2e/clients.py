@@ -18,12 +18,15 @@ from pathlib import Path
 from harness import Dovecot
 
 
-def imap_login(port: int, user: str, password: str, address: str | None) -> bool:
-    """Log in over IMAP; True when Dovecot accepted the credentials."""
+def imap_login(
+    port: int, user: str, password: str, address: str | None, program: str = '"name" "e2e-client"'
+) -> bool:
+    """Log in over IMAP; True when Dovecot accepted the credentials. ``program`` is the rest of
+    the ID command's list after the forwarded address: the mail program Dovecot passes on."""
     client = imaplib.IMAP4("127.0.0.1", port, timeout=10)
     try:
         if address is not None:
-            typ, _ = client.xatom("ID", f'("x-originating-ip" "{address}" "name" "e2e-client")')
+            typ, _ = client.xatom("ID", f'("x-originating-ip" "{address}" {program})')
             assert typ == "OK", typ
         try:
             typ, _ = client.login(user, password)

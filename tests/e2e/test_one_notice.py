@@ -34,3 +34,19 @@ def test_imap_and_submission_from_one_new_address_are_one_notice(
         assert len(world.sink.received("user5")) == 1
     finally:
         stop_world(world)
+
+
+def test_the_mail_programs_id_reaches_the_notice(
+    build: DovecotBuild, e2e_dir: Path, geo: dict[str, Path]
+) -> None:
+    world = start_world(build, e2e_dir / "mail-program", geo)
+    try:
+        d = world.dovecot
+        thunderbird = '"name" "Thunderbird" "version" "128.3"'
+        assert imap_login(d.imap_port, "user6", d.password("user6"), "192.0.2.60", thunderbird)
+        (notice,) = world.sink.wait_for("user6")
+        assert notice["client"] == {"name": "Thunderbird", "version": "128.3"}
+        # the webhook's message (in English, the harness's language)
+        assert "■ Mail program\nThunderbird 128\n" in notice["message"]
+    finally:
+        stop_world(world)
