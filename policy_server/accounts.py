@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
+import functools
+import re
 import unicodedata
 
 from .config import AccountsConfig
@@ -22,3 +25,17 @@ def normalize_login(login: str, config: AccountsConfig) -> str:
     if config.casefold:
         key = key.lower() if ascii_only else key.casefold()
     return key
+
+
+def is_exempt(account: str, config: AccountsConfig) -> bool:
+    """Whether ``[accounts] exempt`` names the account: its logins are recorded, never
+    notified. The patterns are normalised as logins are, so "NoReply@*" matches too."""
+    if not config.exempt:
+        return False
+    return _exempt_pattern(config).fullmatch(account) is not None
+
+
+@functools.lru_cache(maxsize=8)
+def _exempt_pattern(config: AccountsConfig) -> re.Pattern[str]:
+    keys = (normalize_login(pattern, config) for pattern in config.exempt)
+    return re.compile("|".join(f"(?:{fnmatch.translate(key)})" for key in keys))

@@ -177,6 +177,17 @@ class AccountsConfig(_Model):
     nfc: bool = True
     casefold: bool = True
     strip: bool = True
+    # accounts whose logins are recorded but never make a notice (service accounts): glob
+    # patterns ("noreply@*", "svc-*") matched against the account key
+    exempt: tuple[str, ...] = ()
+
+    @field_validator("exempt")
+    @classmethod
+    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            if not pattern.strip():
+                raise ValueError("an exempt pattern must not be empty")
+        return value
 
 
 NETWORK_CATEGORIES = ("trusted", "vpn", "hosting", "mail-app", "corporate")

@@ -148,6 +148,14 @@ def decide(history: History, origin: Origin, at: float, policy: PolicyConfig) ->
     return Decision(reasons, notify, note)
 
 
+def exempted(decision: Decision) -> Decision:
+    """A login of an account ``[accounts] exempt`` names: the same reasons, learned, no
+    notice."""
+    if not decision.notify:
+        return decision
+    return Decision(decision.reasons, (), "exempt account")
+
+
 def from_blocked(decision: Decision, block: str) -> Decision:
     """A successful login from an origin the account blocked: a notice in any case (learning
     and ``policy.notify`` do not hold it back), with whatever else the policy found."""

@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any, TextIO, TypeAlias
 
-from ..accounts import normalize_login
+from ..accounts import is_exempt, normalize_login
 from ..config import Config
 from ..model import History, KnownOrigin
 from ..policy import live_origins
@@ -91,6 +91,10 @@ async def history_show(config: Config, login: str, out: TextIO | None = None) ->
         f"logins, {account.get('failures', 0)} failed",
         file=out,
     )
+    if is_exempt(account["account"], config.accounts):
+        print(
+            "exempt from notices ([accounts] exempt): logins are learned, never notified", file=out
+        )
     contact = record["contact"]
     if contact:
         print(

@@ -8,13 +8,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..accounts import normalize_login
+from ..accounts import is_exempt, normalize_login
 from ..client import parse_client_id
 from ..config import Config
 from ..events import Event, EventWriter
 from ..model import History, LoginEvent, Origin
 from ..origin.resolver import OriginResolver
-from ..policy import KNOWN, decide, fresh_repeat, from_blocked
+from ..policy import KNOWN, decide, exempted, fresh_repeat, from_blocked
 from ..store.base import (
     BlockTarget,
     Decide,
@@ -178,6 +178,10 @@ class LoginRecorder:
             await self._store.record_failure(account, at)
             return Outcome(decision=KNOWN, wrote=True)
         decide = self._decide
+        if is_exempt(account, self._config.accounts):
+            decide = lambda history, origin, at: exempted(  # noqa: E731
+                self._decide(history, origin, at)
+            )
         if prepared.blocked is not None:
             block = prepared.blocked.describe()
             decide = lambda history, origin, at: from_blocked(  # noqa: E731
