@@ -112,6 +112,8 @@ class KnownOrigin:
     first_seen: float
     last_seen: float
     count: int
+    # the admin's known-network category it was in when learned (None: none, or not known)
+    network: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

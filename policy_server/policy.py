@@ -113,10 +113,24 @@ def _new_reasons(live: Iterable[KnownOrigin], origin: Origin, policy: PolicyConf
     return found
 
 
+#: known-network categories whose logins are programs on servers, not the owner
+SERVER_NETWORKS = frozenset({"mail-app", "hosting"})
+
+
+def placeable(origin: Origin | KnownOrigin) -> bool:
+    """Whether an origin says where the owner is: its country or its provider is known, and it
+    is not a mail app's or a hosting network's (a fetcher logging in for the owner)."""
+    return (origin.country is not None or origin.provider is not None) and (
+        origin.network not in SERVER_NETWORKS
+    )
+
+
 def decide(history: History, origin: Origin, at: float, policy: PolicyConfig) -> Decision:
     """Reason codes for a successful login from ``origin`` at ``at`` (unix time).
 
-    * ``first_use``: the account has no history at all;
+    * ``first_use``: the account has no history at all, or none that places its owner (see
+      ``placeable``: only unresolvable origins, or a mail app's or hosting servers) and this
+      origin does;
     * ``new_country``: the country is known and no live origin of the account has it;
     * ``new_provider``: the provider is known and no live origin has it (or, as configured, its
       ASN group or AS organisation);
@@ -127,10 +141,12 @@ def decide(history: History, origin: Origin, at: float, policy: PolicyConfig) ->
     """
     if origin.network == "trusted":
         return Decision(note=f"trusted network {origin.network_label or ''}".strip())
-    if history.is_new:
+    live = live_origins(history, policy) if not history.is_new else ()
+    if history.is_new or (placeable(origin) and not any(placeable(k) for k in live)):
+        # the first origin that can place the owner is the account's first use, whatever
+        # unplaceable or fetcher logins came before it
         reasons: tuple[Reason, ...] = (Reason.FIRST_USE,)
     else:
-        live = live_origins(history, policy)
         exact = history.find(origin)
         if exact is not None and exact in live:
             return KNOWN

@@ -26,7 +26,7 @@ from policy_server.commands.history import history_export, history_forget, histo
 from policy_server.commands.import_log import import_logs
 from policy_server.commands.replay import replay, replay_configs
 from policy_server.config import Config
-from policy_server.events import read_events
+from policy_server.events import Event, read_events
 from policy_server.origin.networks import KnownNetworks, NetworksError
 from policy_server.service import keys
 from policy_server.service.app import create_app
@@ -337,6 +337,29 @@ async def test_replay_compares_configs(make_config: Callable[..., Config]) -> No
     assert (quiet_first.notices, quiet_first.silent) == (1, 3)
     # the live store is untouched
     assert not Path(current.storage.path).exists()
+
+
+async def test_replay_the_owners_first_login_after_a_fetcher_or_an_unknown_is_first_use(
+    make_config: Callable[..., Config],
+) -> None:
+    # carol's mail app polls her mailbox from its servers (a known mail-app network) before she
+    # first logs in from home; dave's first login comes from an address no data places
+    at = 1_764_000_000.0
+    events = [
+        Event("carol", "192.0.2.9", "imap", True, at),
+        Event("carol", "192.0.2.9", "imap", True, at + 300),
+        Event("carol", "203.0.113.7", "imap", True, at + 3600),
+        Event("dave", "198.18.0.1", "imap", True, at),
+        Event("dave", "203.0.113.8", "imap", True, at + 3600),
+        # once placed, the owner's next new place is new as ever
+        Event("dave", "198.51.100.7", "imap", True, at + 7200),
+    ]
+    config = make_config(networks={"entries": ["AS64520 mail-app Example Fetcher"]})
+    result = await replay(config, events)
+    # before, the owners' homes were "new_country" + "new_provider" against the fetcher's and
+    # the unplaceable origin, which were taken as where the owners are
+    assert dict(result.by_reason) == {"first_use": 4, "new_country": 1, "new_provider": 1}
+    assert result.notices == 5
 
 
 async def test_replay_report_side_by_side_and_json(make_config: Callable[..., Config]) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from policy_server.config import PolicyConfig
 from policy_server.model import AddressClass, History, KnownOrigin, Origin, Reason
-from policy_server.policy import decide, live_origins
+from policy_server.policy import KNOWN, decide, live_origins, placeable
 
 POLICY = PolicyConfig()
 NOW = 10_000.0
@@ -36,6 +38,7 @@ def known(o: Origin, last_seen: float = 1000.0) -> KnownOrigin:
         first_seen=0.0,
         last_seen=last_seen,
         count=1,
+        network=o.network,
     )
 
 
@@ -47,6 +50,25 @@ def test_first_use() -> None:
     d = decide(History("alice"), origin(), NOW, POLICY)
     assert d.reasons == (Reason.FIRST_USE,)
     assert d.notify == (Reason.FIRST_USE,)
+
+
+def test_the_first_placeable_origin_after_fetchers_and_unknowns_is_first_use() -> None:
+    unknown = origin("198.18.0.0/24", country=None, asn=None)
+    fetcher = replace(origin("192.0.2.0/24", "US", 64496), network="mail-app")
+    cloud = replace(origin("198.51.100.0/24", "US", 64510), network="hosting")
+    home = origin()
+    for past in ((unknown,), (fetcher,), (unknown, fetcher, cloud)):
+        d = decide(history(*past), home, NOW, POLICY)
+        assert d.reasons == (Reason.FIRST_USE,), past
+        assert d.notify == (Reason.FIRST_USE,)
+    # once the owner is placed, the usual reasons
+    d = decide(history(fetcher, home), origin("192.0.2.0/24", "DE", 64520), NOW, POLICY)
+    assert set(d.reasons) == {Reason.NEW_COUNTRY, Reason.NEW_PROVIDER}
+    # another unplaceable login after them stays as it was: nothing to compare
+    assert decide(history(unknown), origin("198.18.1.0/24", None, None), NOW, POLICY) == KNOWN
+    # a fetcher after fetchers is a new network of its kind, not a first use
+    other = replace(origin("192.0.2.0/24", "US", 64497), network="mail-app")
+    assert decide(history(fetcher), other, NOW, POLICY).reasons == (Reason.VIA_MAIL_APP,)
 
 
 def test_first_use_even_when_origin_is_unknown() -> None:
@@ -134,7 +156,9 @@ def test_reasons_only_name_things_never_seen(past: list[Origin], now: Origin) ->
     if Reason.NEW_PROVIDER in d.reasons:
         assert now.provider is not None
         assert all(p.provider != now.provider for p in past)
-    assert Reason.FIRST_USE not in d.reasons
+    # a history that places nobody is no reference: the first placeable origin is first use
+    if Reason.FIRST_USE in d.reasons:
+        assert placeable(now) and not any(placeable(p) for p in past)
 
 
 @given(st.lists(origins, max_size=6), origins)

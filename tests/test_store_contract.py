@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -150,6 +151,24 @@ async def test_unknown_country_and_provider_are_stored_as_such(store: Store) -> 
     # the same unknown origin again is recognised (NULLs would never compare equal)
     again = await record(store, login(o=origin("198.18.0.0/24", None, None), at=1001.0))
     assert not again.wrote
+
+
+async def test_a_fetchers_origin_keeps_its_network_and_the_owner_is_first_use(
+    store: Store,
+) -> None:
+    fetcher = replace(origin("192.0.2.0/24", "US", 64496), network="mail-app")
+    first = await record(store, login(o=fetcher))
+    assert first.decision.reasons == (Reason.FIRST_USE,)
+    (known,) = (await store.history("alice")).origins
+    assert known.network == "mail-app"
+    # the owner's own first login, after the mail app's servers: first use, not new country
+    home = await record(store, login(o=origin(), at=1001.0))
+    assert home.decision.reasons == (Reason.FIRST_USE,) and home.notice_id is not None
+    networks = {k.prefix: k.network for k in (await store.history("alice")).origins}
+    assert networks == {"192.0.2.0/24": "mail-app", JP[0]: None}
+    record_ = await store.account_record("alice")
+    assert record_ is not None
+    assert {row["prefix"]: row["network"] for row in record_["origins"]} == networks
 
 
 async def test_concurrent_first_logins_queue_one_notice(store: Store) -> None:
@@ -826,7 +845,7 @@ async def test_postgres_nodes_migrate_together_once(postgres_schema: str) -> Non
         }
     finally:
         await conn.close()
-    assert versions == [1, 2, 3]
+    assert versions == [1, 2, 3, 4]
     assert {"accounts", "origins", "notices", "deliveries", "contacts", "decisions"} <= tables
     assert {"controls", "blocks", "block_version", "feedback"} <= tables
 

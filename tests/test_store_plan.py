@@ -110,7 +110,7 @@ def test_a_first_login_plans_every_row() -> None:
     (outcome,) = outcomes
     assert outcome.decision.reasons == (Reason.FIRST_USE,)
     assert (outcome.notice_id, outcome.wrote) == ("n1", True)
-    assert rows.origins == [("alice", JP.prefix, "JP", "AS64500", "JP Net", 1000.0, 1000.0)]
+    assert rows.origins == [("alice", JP.prefix, "JP", "AS64500", "JP Net", 1000.0, 1000.0, None)]
     assert rows.accounts == [("alice", 1000.0, 1000.0)]
     ((notice_id, account, created, reasons, payload, key),) = rows.notices
     assert (notice_id, account, created, json.loads(reasons), key) == (

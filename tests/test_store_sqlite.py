@@ -62,6 +62,7 @@ async def test_schema_version_recorded_once(tmp_path: Path) -> None:
         (4,),
         (5,),
         (6,),
+        (7,),
     ]
 
 
@@ -104,7 +105,7 @@ def test_request_and_queue_queries_use_indexes(tmp_path: Path) -> None:
         "due": (impl._DUE, (0.0, 0.0, 10)),
         "claim": (impl._CLAIM, ("o", 0.0, 0.0, "n", "c")),
         "payloads of the claimed": (f"SELECT id, payload FROM notices WHERE {ids}", ("n", "m")),
-        "upsert origin": (sql.UPSERT_ORIGIN, ("a", "p", "JP", "AS1", None, 0.0, 0.0)),
+        "upsert origin": (sql.UPSERT_ORIGIN, ("a", "p", "JP", "AS1", None, 0.0, 0.0, None)),
         "upsert account": (sql.UPSERT_ACCOUNT, ("a", 0.0, 0.0)),
         "joined payload": (sql.UPDATE_PAYLOAD, ("{}", "a", "n")),
         "finish": (sql.FINISH[DeliveryStatus.SENT], (0.0, "n", "c", "o")),

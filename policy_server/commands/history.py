@@ -75,6 +75,7 @@ def _known(row: dict[str, Any]) -> KnownOrigin:
         row["first_seen"],
         row["last_seen"],
         row["count"],
+        row.get("network"),
     )
 
 

@@ -81,7 +81,7 @@ def origin_key(prefix: str, country: str | None, provider: str | None) -> str:
 
 def known_origin(row: Sequence[Any]) -> KnownOrigin:
     """A stored origin from its row (prefix, country, provider, as_org, first and last seen,
-    count); unknown country and provider are stored as ''."""
+    count, network); unknown country and provider are stored as ''."""
     return KnownOrigin(
         prefix=row[0],
         country=row[1] or None,
@@ -90,6 +90,7 @@ def known_origin(row: Sequence[Any]) -> KnownOrigin:
         first_seen=row[4],
         last_seen=row[5],
         count=row[6],
+        network=row[7],
     )
 
 
@@ -189,6 +190,7 @@ def _remember(
                 first_seen=existing.first_seen,
                 last_seen=max(existing.last_seen, login.at),
                 count=existing.count + 1,
+                network=existing.network or origin.network,
             )
         )
     else:
@@ -201,6 +203,7 @@ def _remember(
                 first_seen=login.at,
                 last_seen=login.at,
                 count=1,
+                network=origin.network,
             )
         )
 
@@ -265,6 +268,7 @@ def plan_batch(
                 origin.as_org,
                 login.at,
                 login.at,
+                origin.network,
             )
         )
         rows.accounts.append((login.account, login.at, login.at))

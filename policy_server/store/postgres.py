@@ -339,7 +339,7 @@ class PostgresStore(SQLStore):
             async with self._connection() as conn:
                 rows = await conn.fetch(_SELECT_HISTORIES, accounts)
             for row in rows:
-                found[row[7]].append(known_origin(row))
+                found[row[8]].append(known_origin(row))
         except Exception as exc:
             error = exc if isinstance(exc, StoreError) else StoreError(f"history: {exc}")
             for futures in reads.values():

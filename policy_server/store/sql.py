@@ -153,7 +153,7 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-_ORIGIN_COLUMNS = "prefix, country, provider, as_org, first_seen, last_seen, count"
+_ORIGIN_COLUMNS = "prefix, country, provider, as_org, first_seen, last_seen, count, network"
 SELECT_ORIGINS = f"SELECT {_ORIGIN_COLUMNS} FROM origins WHERE account = ?"
 # ... of several accounts, the account last ({values}: a condition on account)
 SELECT_HISTORIES = f"SELECT {_ORIGIN_COLUMNS}, account FROM origins WHERE {{values}}"
@@ -173,10 +173,11 @@ SELECT_WAITING = (
 )
 UPSERT_ORIGIN = (
     "INSERT INTO origins (account, prefix, country, provider, as_org, first_seen, last_seen,"
-    " count) VALUES (?, ?, ?, ?, ?, ?, ?, 1)"
+    " count, network) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)"
     " ON CONFLICT (account, prefix, country, provider) DO UPDATE SET"
     f" last_seen = {_larger('origins.last_seen', 'excluded.last_seen')},"
-    " count = origins.count + 1, as_org = coalesce(excluded.as_org, origins.as_org)"
+    " count = origins.count + 1, as_org = coalesce(excluded.as_org, origins.as_org),"
+    " network = coalesce(origins.network, excluded.network)"
 )
 UPSERT_ACCOUNT = (
     "INSERT INTO accounts (account, first_seen, last_seen, logins) VALUES (?, ?, ?, 1)"
@@ -406,7 +407,7 @@ class SQLStore(GroupCommit, Store):
         accounts = sorted({op.login.account for op in batch if isinstance(op, RecordOp)})
         histories: dict[str, list[KnownOrigin]] = {account: [] for account in accounts}
         async for row in self._fetch_any(tx, SELECT_HISTORIES, accounts, "account"):
-            histories[row[7]].append(known_origin(row))
+            histories[row[8]].append(known_origin(row))
         pending: dict[str, list[PendingNotice]] = {}
         wanted, since = prefetch_pending(batch, histories)
         async for row in self._fetch_any(tx, SELECT_PENDING, wanted, "n.account", since):
