@@ -58,7 +58,7 @@ def _major(version: str) -> str:
     if match is None:
         return ""
     rest = version[match.end() :]
-    if rest and not (rest[0] in ". " or rest[0] == "-"):
+    if rest and rest[0] not in ". -":
         return ""
     return match.group(0)
 
@@ -73,16 +73,14 @@ def _clean(value: str) -> str:
 def parse_client_id(text: str) -> Client | None:
     """The program an IMAP ID field list names; None when it names none (no ``name``, an
     empty list, or text that is no such list)."""
-    text = text.strip()[:MAX_TEXT]
+    text = text.strip()[:MAX_TEXT].rstrip()
     if text.startswith("(") and text.endswith(")"):  # the ID command's own parentheses
-        text = text[1:-1]
+        text = text[1:-1].rstrip()
     values: list[str | None] = []
     position = 0
     while position < len(text):
-        if text[position:].strip() == "":
-            break
         match = _TOKEN.match(text, position)
-        if match is None or match.end() == position:
+        if match is None:
             return None
         quoted, atom = match.groups()
         if quoted is not None:

@@ -128,19 +128,24 @@ class OriginResolver:
         else:
             number = int.from_bytes(packed)
             if len(packed) == 4:
-                key = (number >> self._drop[0]) << 1 | 1
+                key = self._key(number, True)
             elif number >> 32 != 0xFFFF:  # not IPv4-mapped, which parse_address makes IPv4
-                key = (number >> self._drop[1]) << 1
+                key = self._key(number, False)
         hit = self._cache.get(key)
         if hit is None:
             hit = self._placed(parse_address(text))
         return hit.place
 
+    def _key(self, number: int, v4: bool) -> int:
+        """The cache key of an address given as its number: its prefix, with the IP version in
+        the lowest bit."""
+        return (number >> self._drop[0 if v4 else 1]) << 1 | v4
+
     def _placed(self, address: IPAddress) -> _Placed:
         """The address's prefix and geo answers, from the cache when its prefix is there."""
         v4 = address.version == 4
         bits = self._config.ipv4_prefix if v4 else self._config.ipv6_prefix
-        key = (int(address) >> ((32 if v4 else 128) - bits)) << 1 | v4  # as in locate
+        key = self._key(int(address), v4)
         hit = self._cache.get(key)
         if hit is not None:
             return hit

@@ -57,20 +57,25 @@ class Placed(Protocol):
     def provider(self) -> str | None: ...
 
 
-def targets_of(origin: Placed) -> tuple[BlockTarget, ...]:
-    """Every target a block could name that covers ``origin`` (whatever the scope was)."""
-    prefix = BlockTarget(BlockKind.PREFIX, origin.prefix)
-    provider = origin.provider
-    if provider is None:
-        return (prefix,)
-    return (BlockTarget(BlockKind.PROVIDER, provider, origin.country or ""), prefix)
-
-
 # How the set files a target: the prefix text alone (it holds a "/"), or the pair (provider,
 # country). Plain strings and tuples hash at once, so the allow path builds no object to ask;
 # and a set of strings, tuples of them and floats is one the garbage collector soon stops
 # walking, however many blocks it holds.
 _Key = str | tuple[str, str]
+
+
+def _keys_of(origin: Placed) -> tuple[_Key, ...]:
+    """The keys of every target a block could name that covers ``origin`` (whatever the scope
+    was): its provider in its country, when known, then its prefix."""
+    provider = origin.provider
+    if provider is None:
+        return (origin.prefix,)
+    return ((provider, origin.country or ""), origin.prefix)
+
+
+def targets_of(origin: Placed) -> tuple[BlockTarget, ...]:
+    """Every target a block could name that covers ``origin`` (whatever the scope was)."""
+    return tuple(_target(key) for key in _keys_of(origin))
 
 
 def _key(target: BlockTarget) -> _Key:
@@ -114,10 +119,6 @@ class BlockSet:
     def __len__(self) -> int:
         return sum(len(blocks) for blocks in self._by_account.values())
 
-    def has(self, account: str) -> bool:
-        """Whether the account has any block (one dictionary lookup)."""
-        return account in self._by_account
-
     def of(self, account: str) -> dict[BlockTarget, float] | None:
         """The account's blocks (target -> until), None when it has none."""
         blocks = self._by_account.get(account)
@@ -130,16 +131,10 @@ class BlockSet:
         blocks = self._by_account.get(account)
         if not blocks:
             return None
-        # the targets of targets_of(origin), in its order
-        provider = origin.provider
-        if provider is not None:
-            key: _Key = (provider, origin.country or "")
+        for key in _keys_of(origin):
             until = blocks.get(key)
             if until is not None and until > now:
                 return _target(key)
-        until = blocks.get(origin.prefix)
-        if until is not None and until > now:
-            return _target(origin.prefix)
         return None
 
     def refuses(self, login: str, remote: str, now: float) -> BlockTarget | None:
