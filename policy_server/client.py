@@ -10,6 +10,7 @@ bounded, and text that is no such list gives no program rather than an error.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,8 @@ def _clean(value: str) -> str:
     return " ".join(text.split())[:MAX_VALUE]
 
 
+# mail programs send the same few IDs again and again
+@functools.lru_cache(maxsize=4096)
 def parse_client_id(text: str) -> Client | None:
     """The program an IMAP ID field list names; None when it names none (no ``name``, an
     empty list, or text that is no such list)."""

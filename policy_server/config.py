@@ -161,6 +161,10 @@ with warnings.catch_warnings():
         pool_size: int = Field(default=10, ge=1, le=1000)
         # a statement (and a round trip) that takes longer fails; its connection is replaced
         command_timeout_s: float = Field(default=10.0, gt=0, le=600)
+        # an account keeps at most this many prefixes per provider and country: a new one
+        # replaces the least recently seen, which it inherits (first use, logins, programs), so
+        # the rows a login reads do not grow with a carrier's address pools
+        origins_per_provider: int = Field(default=4, ge=1, le=1000)
 
         @field_validator("dsn")
         @classmethod
@@ -200,7 +204,16 @@ class PolicyConfig(_Model):
         Reason.NEW_PROVIDER,
         Reason.VIA_VPN,
         Reason.VIA_HOSTING,
+        Reason.NEW_CLIENT,
+        Reason.IMPOSSIBLE_TRAVEL,
+        Reason.MANY_ORIGINS,
     )
+    # new_client alone (a new mail program from a new network of a known provider) makes no
+    # notice unless this is true; with another reason it makes the notice more pressing
+    new_client_alone: bool = False
+    # two logins further apart (km, less both accuracy radii) than this speed allows in the
+    # time between them are impossible_travel; needs a City database; 0 = off
+    max_speed_kmh: float = Field(default=800.0, ge=0)
     touch_granularity_s: int = Field(default=3600, ge=0)
     # new origins are learned silently while the account is younger than learning_days (since
     # its first recorded login) or has fewer than learning_logins recorded logins; 0 = off
@@ -226,6 +239,22 @@ class PolicyConfig(_Model):
                     raise ValueError(f"AS{asn} is in two provider_groups")
                 seen[asn] = index
         return self
+
+
+class CompromiseConfig(_Model):
+    # successful logins of one account from at least this many distinct providers or countries
+    # within window_s are many_origins (a hijacked account); 0 = off
+    providers: int = Field(default=5, ge=0)
+    window_s: float = Field(default=3600.0, gt=0)
+
+    @field_validator("providers")
+    @classmethod
+    def _at_least_two(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError(
+                "one provider is every login: use 0 to turn the check off, or 2 or more"
+            )
+        return value
 
 
 class NetworksConfig(_Model):
@@ -628,6 +657,7 @@ class Config(_Model):
     storage: StorageConfig = StorageConfig()
     accounts: AccountsConfig = AccountsConfig()
     policy: PolicyConfig = PolicyConfig()
+    compromise: CompromiseConfig = CompromiseConfig()
     message: MessageConfig = MessageConfig()
     queue: QueueConfig = QueueConfig()
     delivery: DeliveryConfig = DeliveryConfig()

@@ -42,6 +42,12 @@ class Reason(enum.StrEnum):
     # a successful login from an origin the account's owner (or an operator) blocked: allow
     # checks before the password are off, or the block came after the allow answer
     BLOCKED_ORIGIN = "blocked_origin"
+    # a mail program the account never used, from a new origin
+    NEW_CLIENT = "new_client"
+    # a login too far from the previous one for the time between them
+    IMPOSSIBLE_TRAVEL = "impossible_travel"
+    # logins from many providers or countries within an hour: a hijacked account
+    MANY_ORIGINS = "many_origins"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +85,15 @@ def provider_id(asn: int | None, as_org: str | None) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
+class Location:
+    """Where a City database places an address: degrees, and its accuracy radius in km."""
+
+    latitude: float
+    longitude: float
+    radius_km: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Origin:
     """Where a client address comes from.
 
@@ -95,6 +110,8 @@ class Origin:
     # the admin's known network the address is in: its category and label
     network: str | None = None
     network_label: str | None = None
+    # where a City database places the address (None without one, or when it cannot say)
+    location: Location | None = None
 
     @property
     def provider(self) -> str | None:
@@ -114,14 +131,58 @@ class KnownOrigin:
     count: int
     # the admin's known-network category it was in when learned (None: none, or not known)
     network: str | None = None
+    # the mail programs seen from it, by name, the most recent last
+    clients: tuple[str, ...] = ()
+    # where its last login was placed, if a City database could say
+    location: Location | None = None
+    # when the owner confirmed it ("It was me"), if they did
+    confirmed: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSettings:
+    """An account's own choices, and when the hijack pattern last alerted about it.
+
+    ``notices`` off: its logins are learned and make no notice (a blocked origin's still do).
+    A trip (``trip_country`` until ``trip_until``): a new origin in that country is learned
+    without a notice.
+    """
+
+    notices: bool = True
+    trip_country: str | None = None
+    trip_until: float | None = None
+    alerted_at: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, as ``history export`` and ``account --json`` show it."""
+        return {
+            "notices": self.notices,
+            "trip_country": self.trip_country,
+            "trip_until": self.trip_until,
+            "alerted_at": self.alerted_at,
+        }
+
+    def travelling(self, country: str | None, at: float) -> bool:
+        """Whether a login in ``country`` at ``at`` is on the declared trip."""
+        return (
+            country is not None
+            and country == self.trip_country
+            and self.trip_until is not None
+            and at <= self.trip_until
+        )
+
+
+NO_SETTINGS = AccountSettings()
 
 
 @dataclass(frozen=True, slots=True)
 class History:
-    """What the store knows about an account: its known origins (empty for a new account)."""
+    """What the store knows about an account: its known origins (empty for a new account) and
+    its settings."""
 
     account: str
     origins: tuple[KnownOrigin, ...] = ()
+    settings: AccountSettings = NO_SETTINGS
 
     @property
     def is_new(self) -> bool:
@@ -153,6 +214,29 @@ class Recipient:
 
 
 @dataclass(frozen=True, slots=True)
+class Travel:
+    """A journey too fast to be one person's: from where, how far (km, less both accuracy
+    radii) and in how many hours."""
+
+    from_country: str | None
+    km: float
+    hours: float
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "from_country": self.from_country,
+            "km": round(self.km),
+            "hours": round(self.hours, 2),
+        }
+
+    @classmethod
+    def from_payload(cls, data: Any) -> Travel | None:
+        if not isinstance(data, dict):
+            return None
+        return cls(data.get("from_country"), float(data["km"]), float(data["hours"]))
+
+
+@dataclass(frozen=True, slots=True)
 class Notice:
     """A queued notice: what happened and why, as stored with the queue row.
 
@@ -178,6 +262,10 @@ class Notice:
     network_label: str | None = None
     # the mail program the login's IMAP ID named, if any
     client: Client | None = None
+    # impossible_travel: where the previous login was, how far and how long before
+    travel: Travel | None = None
+    # many_origins: the providers and countries of the account's logins in the window
+    spread: tuple[str, ...] = ()
 
     @property
     def provider(self) -> str | None:
@@ -205,4 +293,6 @@ class Notice:
             "network": self.network,
             "network_label": self.network_label,
             "client": self.client.payload() if self.client else None,
+            "travel": self.travel.payload() if self.travel else None,
+            "origins": list(self.spread) if self.spread else None,
         }

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from policy_server.client import Client
 from policy_server.commands.contacts import read_contacts
 from policy_server.commands.main import main
 from policy_server.commands.outbox import STATUSES, parse_duration
@@ -133,8 +134,8 @@ class Env:
     async def _record(self, logins: Sequence[tuple[str, str, Origin, float]]) -> list[str]:
         config = self.config
 
-        def policy(history: History, origin: Origin, at: float) -> Decision:
-            return decide(history, origin, at, config.policy)
+        def policy(history: History, origin: Origin, at: float, client: Client | None) -> Decision:
+            return decide(history, origin, at, config.policy, client)
 
         store = await open_store(config.storage)
         ids: list[str] = []

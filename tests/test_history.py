@@ -200,7 +200,7 @@ async def test_housekeeping_cuts_old_addresses_and_purges_forgotten_origins(
         origin = Origin(remote, AddressClass.GLOBAL, prefix, country, asn, None)
         await store.record_success(
             SuccessfulLogin(account, account, "imap", remote, origin, at),
-            lambda h, o, t: decide(h, o, t, config.policy),
+            lambda h, o, t, c: decide(h, o, t, config.policy, c),
             ["log"],
             touch_after=0,
             deadline_s=DAY,

@@ -26,8 +26,9 @@ from stores import (  # noqa: F401  (re-exported for other test modules)
     require_postgres,
 )
 
+from policy_server.client import Client
 from policy_server.config import PolicyConfig, StorageConfig
-from policy_server.model import AddressClass, History, Origin, Reason
+from policy_server.model import AccountSettings, AddressClass, History, Origin, Reason
 from policy_server.policy import Decision, decide
 from policy_server.store import open_store
 from policy_server.store.base import (
@@ -67,8 +68,8 @@ def login(
     return SuccessfulLogin(account, account, protocol, o.address, o, at)
 
 
-def policy_decide(history: History, o: Origin, at: float) -> Decision:
-    return decide(history, o, at, POLICY)
+def policy_decide(history: History, o: Origin, at: float, client: Client | None = None) -> Decision:
+    return decide(history, o, at, POLICY, client)
 
 
 async def record(
@@ -196,7 +197,7 @@ async def test_failures_counted_apart_never_create_history(store: Store) -> None
 
 
 async def test_a_failing_decision_fails_its_login_and_the_writer_lives_on(store: Store) -> None:
-    def broken(history: History, o: Origin, at: float) -> Decision:
+    def broken(history: History, o: Origin, at: float, client: Client | None) -> Decision:
         raise TypeError("a bug in a decision")
 
     with pytest.raises(StoreError, match="a bug in a decision"):
@@ -753,6 +754,12 @@ async def test_account_record_and_forget(store: Store) -> None:
     limited = await store.account_record("alice", decisions=1)
     assert limited is not None and len(limited["decisions"]) == 1
 
+    assert found["settings"] == AccountSettings().as_dict()
+    trip = AccountSettings(notices=False, trip_country="FR", trip_until=9000.0)
+    assert await store.save_settings("alice", trip, 1003.0) == trip
+    chosen = await store.account_record("alice")
+    assert chosen is not None and chosen["settings"]["trip_country"] == "FR"
+
     counts = await store.forget("alice")
     assert counts == {
         "origins": 2,
@@ -761,8 +768,10 @@ async def test_account_record_and_forget(store: Store) -> None:
         "contacts": 1,
         "blocks": 0,
         "feedback": 0,
+        "account_settings": 1,
         "accounts": 1,
     }
+    assert await store.settings("alice") == AccountSettings()
     assert await store.account_record("alice") is None
     assert (await store.history("alice")).origins == ()
     assert {d["account"] for d in await store.list_deliveries()} == {"bob"}
@@ -845,7 +854,7 @@ async def test_postgres_nodes_migrate_together_once(postgres_schema: str) -> Non
         }
     finally:
         await conn.close()
-    assert versions == [1, 2, 3, 4]
+    assert versions == [1, 2, 3, 4, 5]
     assert {"accounts", "origins", "notices", "deliveries", "contacts", "decisions"} <= tables
     assert {"controls", "blocks", "block_version", "feedback"} <= tables
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
+from policy_server.client import Client
 from policy_server.config import PolicyConfig
 from policy_server.model import AddressClass, History, KnownOrigin, Origin, Reason
 from policy_server.policy import Decision, decide, fresh_repeat, repeat_writes
@@ -36,8 +37,8 @@ def teardown_module() -> None:
     LOOP.close()
 
 
-def policy_decide(history: History, o: Origin, at: float) -> Decision:
-    return decide(history, o, at, POLICY)
+def policy_decide(history: History, o: Origin, at: float, client: Client | None = None) -> Decision:
+    return decide(history, o, at, POLICY, client)
 
 
 def op(
@@ -110,7 +111,9 @@ def test_a_first_login_plans_every_row() -> None:
     (outcome,) = outcomes
     assert outcome.decision.reasons == (Reason.FIRST_USE,)
     assert (outcome.notice_id, outcome.wrote) == ("n1", True)
-    assert rows.origins == [("alice", JP.prefix, "JP", "AS64500", "JP Net", 1000.0, 1000.0, None)]
+    assert rows.origins == [
+        ("alice", JP.prefix, "JP", "AS64500", "JP Net", 1000.0, 1000.0, 1, None) + (None,) * 5
+    ]
     assert rows.accounts == [("alice", 1000.0, 1000.0)]
     ((notice_id, account, created, reasons, payload, key),) = rows.notices
     assert (notice_id, account, created, json.loads(reasons), key) == (

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from policy_server.client import Client
 from policy_server.config import PolicyConfig, StorageConfig
 from policy_server.model import AddressClass, History, Origin
 from policy_server.policy import Decision, decide
@@ -24,8 +25,8 @@ def login(account: str = "alice", at: float = 1000.0) -> SuccessfulLogin:
     return SuccessfulLogin(account, account, "imap", o.address, o, at)
 
 
-def policy_decide(history: History, o: Origin, at: float) -> Decision:
-    return decide(history, o, at, POLICY)
+def policy_decide(history: History, o: Origin, at: float, client: Client | None = None) -> Decision:
+    return decide(history, o, at, POLICY, client)
 
 
 async def record(store: Store, item: SuccessfulLogin) -> Outcome:
@@ -63,6 +64,7 @@ async def test_schema_version_recorded_once(tmp_path: Path) -> None:
         (5,),
         (6,),
         (7,),
+        (8,),
     ]
 
 
@@ -105,7 +107,13 @@ def test_request_and_queue_queries_use_indexes(tmp_path: Path) -> None:
         "due": (impl._DUE, (0.0, 0.0, 10)),
         "claim": (impl._CLAIM, ("o", 0.0, 0.0, "n", "c")),
         "payloads of the claimed": (f"SELECT id, payload FROM notices WHERE {ids}", ("n", "m")),
-        "upsert origin": (sql.UPSERT_ORIGIN, ("a", "p", "JP", "AS1", None, 0.0, 0.0, None)),
+        "upsert origin": (
+            sql.UPSERT_ORIGIN,
+            ("a", "p", "JP", "AS1", None, 0.0, 0.0, 1, None) + (None,) * 5,
+        ),
+        "replaced origin": (sql.DELETE_ORIGIN, ("a", "p", "JP", "AS1")),
+        "settings of a batch's accounts": (sql.SELECT_SETTINGS.format(values=accounts), values),
+        "alert": (sql.UPSERT_ALERT, ("a", 0.0, 0.0)),
         "upsert account": (sql.UPSERT_ACCOUNT, ("a", 0.0, 0.0)),
         "joined payload": (sql.UPDATE_PAYLOAD, ("{}", "a", "n")),
         "finish": (sql.FINISH[DeliveryStatus.SENT], (0.0, "n", "c", "o")),

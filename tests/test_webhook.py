@@ -128,6 +128,8 @@ async def test_payload_is_the_contract(
         "network": None,
         "network_label": None,
         "client": None,
+        "travel": None,
+        "origins": None,
         "earlier": [],
         "links": None,
         "message": TEXT,

@@ -92,7 +92,7 @@ async def record_history(
         )
         await store.record_success(
             login,
-            lambda _history, _origin, _at: KNOWN,
+            lambda _history, _origin, _at, _client: KNOWN,
             (),
             touch_after=config.policy.touch_granularity_s,
             deadline_s=config.queue.deadline_s,

@@ -13,6 +13,7 @@ from typing import Literal
 
 from ..config import ChannelConfig, ThrottleRule, parse_quiet_hours
 from ..model import Reason, Recipient
+from ..policy import URGENT
 from ..store.base import Contact
 
 RecipientKind = Literal["email", "phone"] | None
@@ -77,7 +78,7 @@ def recipient_for(
 
 
 #: reasons that are urgent whatever a channel's ``quiet_urgent`` says
-ALWAYS_URGENT: frozenset[str] = frozenset({Reason.BLOCKED_ORIGIN.value})
+ALWAYS_URGENT: frozenset[str] = frozenset(reason.value for reason in URGENT)
 
 
 def is_urgent(reasons: Iterable[Reason], urgent: Sequence[str]) -> bool:

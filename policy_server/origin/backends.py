@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Protocol
 import maxminddb
 import pyasn
 
+from ..model import Location
 from .address import IPAddress
 
 # What a lookup may raise for a damaged file or an odd address, beyond "not found".
@@ -23,7 +24,7 @@ Width = int | None
 
 
 class CountryLookup(Protocol):
-    def country(self, address: IPAddress) -> tuple[str | None, Width]: ...
+    def country(self, address: IPAddress) -> tuple[str | None, Location | None, Width]: ...
     def describe(self) -> str: ...
     def close(self) -> None: ...
 
@@ -74,14 +75,31 @@ class MaxMindCountry(_MaxMindFile):
     TYPES = ("City", "Country")
     KIND = "a Country or City database"
 
-    def country(self, address: IPAddress) -> tuple[str | None, Width]:
+    def country(self, address: IPAddress) -> tuple[str | None, Location | None, Width]:
+        """The country's ISO code and, in a City database, the ``location``."""
         record, width = self._record(address)
+        found = None
         for key in ("country", "registered_country"):
             place = record.get(key)
             code = place.get("iso_code") if isinstance(place, dict) else None
             if isinstance(code, str) and code:
-                return code, width
-        return None, width
+                found = code
+                break
+        return found, _location(record.get("location")), width
+
+
+def _location(value: Any) -> Location | None:
+    """A City record's ``location`` (latitude, longitude, accuracy_radius in km), when it has
+    valid coordinates."""
+    if not isinstance(value, dict):
+        return None
+    lat, lon, radius = value.get("latitude"), value.get("longitude"), value.get("accuracy_radius")
+    if not isinstance(lat, int | float) or not isinstance(lon, int | float):
+        return None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        return None
+    km = float(radius) if isinstance(radius, int | float) and radius >= 0 else 0.0
+    return Location(float(lat), float(lon), km)
 
 
 class MaxMindAsn(_MaxMindFile):
@@ -185,8 +203,8 @@ class BundledData:
             )
         return self._last[1], self._last[2]
 
-    def country(self, address: IPAddress) -> tuple[str | None, Width]:
-        return self._lookup(address)[0], None
+    def country(self, address: IPAddress) -> tuple[str | None, Location | None, Width]:
+        return self._lookup(address)[0], None, None
 
     def asn(self, address: IPAddress) -> tuple[int | None, str | None, Width]:
         return None, self._lookup(address)[1], None

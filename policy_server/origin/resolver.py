@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from ..config import GeoipConfig
 from ..logs import RateLimitedLog
-from ..model import Origin, provider_id
+from ..model import Location, Origin, provider_id
 from .address import IPAddress, classify, network_prefix, parse_address
 from .backends import (
     AsnLookup,
@@ -55,6 +55,7 @@ class _Placed(NamedTuple):
     asn: int | None
     as_org: str | None
     place: Place
+    location: Location | None
 
 
 class OriginResolver:
@@ -103,7 +104,7 @@ class OriginResolver:
         address = parse_address(text)
         # Every class is looked up: real data has no entry for private ranges, but an admin's
         # own database may map them.
-        prefix, country, asn, as_org, _ = self._placed(address)
+        prefix, country, asn, as_org, _, location = self._placed(address)
         network = self.networks.match(address, asn) if self.networks else None
         return Origin(
             address=str(address),
@@ -114,6 +115,7 @@ class OriginResolver:
             as_org=as_org,
             network=network.category if network else None,
             network_label=network.label if network else None,
+            location=location,
         )
 
     def locate(self, text: str) -> Place:
@@ -152,10 +154,11 @@ class OriginResolver:
         country: str | None = None
         asn: int | None = None
         as_org: str | None = None
+        location: Location | None = None
         widths: list[int | None] = []
         if self._country is not None:
             try:
-                country, width = self._country.country(address)
+                country, location, width = self._country.country(address)
                 widths.append(width)
             except LookupError_ as exc:
                 widths.append(None)
@@ -169,7 +172,7 @@ class OriginResolver:
                 self._errors.log(logging.WARNING, "asn", "ASN lookup failed: %s", exc)
         prefix = network_prefix(address, bits, bits)
         place = Place(prefix, country, provider_id(asn, as_org))
-        placed = _Placed(prefix, country, asn, as_org, place)
+        placed = _Placed(prefix, country, asn, as_org, place, location)
         # kept only when every answer holds for the whole prefix (a network no narrower)
         if all(width is not None and width <= bits for width in widths):
             if len(self._cache) >= CACHE_PREFIXES:

@@ -158,6 +158,7 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
         on_origin=lambda origin: _count_unknown(metrics, origin),
         blocks=app[keys.BLOCKS],
         on_blocked=responder.blocked_login,
+        on_hijack=responder.hijacked,
     )
     task: asyncio.Task[None] | None = None
     if app[keys.RUN_WORKER]:

@@ -91,6 +91,11 @@ class Metrics:
             "Successful logins reported from an origin the account blocked (allow checks off).",
             registry=r,
         )
+        self.hijack_alerts = Counter(
+            "policy_server_many_origins_alerts",
+            "Accounts alerted for logins from many providers or countries within the window.",
+            registry=r,
+        )
         self.blocks_active = Gauge(
             "policy_server_blocks_active",
             "Blocks of an origin in force, as this process last read them.",

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..accounts import is_exempt, normalize_login
-from ..client import parse_client_id
+from ..client import Client, parse_client_id
 from ..config import Config
 from ..events import Event, EventWriter
-from ..model import History, LoginEvent, Origin
+from ..model import History, LoginEvent, Origin, Reason
 from ..origin.resolver import OriginResolver
 from ..policy import KNOWN, decide, exempted, fresh_repeat, from_blocked
 from ..store.base import (
@@ -50,6 +50,11 @@ class BlockedOrigins(Protocol):
     def refusing(self, account: str, origin: Origin, now: float) -> BlockTarget | None: ...
 
 
+def _client(event: LoginEvent) -> Client | None:
+    """The mail program the login's IMAP ID names, if any."""
+    return parse_client_id(event.device_id) if event.device_id else None
+
+
 class LoginRecorder:
     """Turns reports into history and queued notices.
 
@@ -71,6 +76,9 @@ class LoginRecorder:
         on_blocked: Callable[[str, Origin, BlockTarget, str | None], None] = (
             lambda account, origin, target, notice_id: None
         ),
+        on_hijack: Callable[[str, Sequence[str], str | None], None] = (
+            lambda account, spread, notice_id: None
+        ),
     ) -> None:
         self._config = config
         self._store = store
@@ -83,13 +91,16 @@ class LoginRecorder:
         self._on_origin = on_origin
         self._blocks = blocks
         self._on_blocked = on_blocked
+        self._on_hijack = on_hijack
         # (account, block) -> when a login from it last made a notice
         self._blocked_seen: dict[tuple[str, BlockTarget], float] = {}
         #: reports in ``finish`` (reading a history or waiting for their commit)
         self.pending = 0
         self._max_pending = config.storage.max_pending_writes
-        policy = config.policy
-        self._decide: Decide = lambda history, origin, at: decide(history, origin, at, policy)
+        policy, compromise = config.policy, config.compromise
+        self._decide: Decide = lambda history, origin, at, client: decide(
+            history, origin, at, policy, client, compromise
+        )
 
     def origin(self, remote: str) -> Origin:
         return self._resolver().resolve(remote)
@@ -124,7 +135,7 @@ class LoginRecorder:
         if self._immediate is None:
             return Prepared(account, origin, at)
         history = self._immediate.history_now(account)
-        if self._fresh_repeat(history, origin, at):
+        if self._fresh_repeat(history, origin, at, _client(event)):
             return Outcome(decision=KNOWN)
         return Prepared(account, origin, at, history)
 
@@ -149,12 +160,15 @@ class LoginRecorder:
         self._blocked_seen[(account, target)] = at
         return target
 
-    def _fresh_repeat(self, history: History, origin: Origin, at: float) -> bool:
+    def _fresh_repeat(
+        self, history: History, origin: Origin, at: float, client: Client | None
+    ) -> bool:
         return fresh_repeat(
             history.find(origin),
             at,
             self._config.policy.touch_granularity_s,
             self._config.delivery.coalesce_window_s,
+            client,
         )
 
     async def finish(self, event: LoginEvent, prepared: Prepared) -> Outcome:
@@ -179,18 +193,18 @@ class LoginRecorder:
             return Outcome(decision=KNOWN, wrote=True)
         decide = self._decide
         if is_exempt(account, self._config.accounts):
-            decide = lambda history, origin, at: exempted(  # noqa: E731
-                self._decide(history, origin, at)
+            decide = lambda history, origin, at, client: exempted(  # noqa: E731
+                self._decide(history, origin, at, client)
             )
         if prepared.blocked is not None:
             block = prepared.blocked.describe()
-            decide = lambda history, origin, at: from_blocked(  # noqa: E731
-                self._decide(history, origin, at), block
+            decide = lambda history, origin, at, client: from_blocked(  # noqa: E731
+                self._decide(history, origin, at, client), block
             )
         # a store that reads without waiting was already asked in begin
         elif prepared.history is None:
             history = await self._store.history(account)
-            if self._fresh_repeat(history, origin, at):
+            if self._fresh_repeat(history, origin, at, _client(event)):
                 return Outcome(decision=KNOWN)
         delivery = self._config.delivery
         outcome = await self._store.record_success(
@@ -201,7 +215,7 @@ class LoginRecorder:
                 remote=event.remote,
                 origin=origin,
                 at=at,
-                client=parse_client_id(event.device_id) if event.device_id else None,
+                client=_client(event),
             ),
             decide,
             self._channels,
@@ -214,6 +228,8 @@ class LoginRecorder:
             self._on_notice()
         if prepared.blocked is not None:
             self._on_blocked(account, origin, prepared.blocked, outcome.notice_id)
+        if Reason.MANY_ORIGINS in outcome.decision.reasons:
+            self._on_hijack(account, outcome.decision.spread, outcome.notice_id)
         return outcome
 
     async def report(self, event: LoginEvent, at: float | None = None) -> Outcome:

@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -183,6 +183,29 @@ class Responder:
                 " (auth_policy_check_before_auth = no), so the block could not refuse it.\n"
                 + (f"The owner's notice: {notice_id}\n" if notice_id else "")
                 + "Someone else may have the password: have it changed.",
+            )
+        )
+
+    def hijacked(self, account: str, spread: Sequence[str], notice_id: str | None) -> None:
+        """An account succeeded from many providers or countries within ``[compromise]
+        window_s`` (the store says so once a day per account): alert the operators."""
+        if self._metrics is not None:
+            self._metrics.hijack_alerts.inc()
+        log.warning(
+            "%s logged in from %d providers or countries within the window: %s",
+            account,
+            len(spread),
+            ", ".join(spread),
+        )
+        self._spawn(
+            self._alert(
+                f"policy-server: {account} logged in from {len(spread)} places at once",
+                f"Logins of {account} succeeded within the last hour from:\n"
+                + "".join(f"  {where}\n" for where in spread)
+                + "This is the pattern of stolen credentials used by many machines at once"
+                " (spam sent through SMTP AUTH, for instance).\n"
+                + (f"The owner's notice: {notice_id}\n" if notice_id else "")
+                + "Check the account's outgoing mail and have the password changed.",
             )
         )
 

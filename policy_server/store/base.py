@@ -18,11 +18,12 @@ from enum import StrEnum
 from typing import Any, Protocol, TypedDict, runtime_checkable
 
 from ..client import Client
-from ..model import History, KnownOrigin, Notice, Origin
+from ..model import AccountSettings, History, KnownOrigin, Notice, Origin
 from ..policy import Decision
 
 # (history, origin, login time) -> decision
-Decide = Callable[[History, Origin, float], Decision]
+#: the policy's decision on a login: its account's history, origin, time and mail program
+Decide = Callable[[History, Origin, float, Client | None], Decision]
 
 # last_error of a delivery an operator released from hold starts with this
 RELEASED = "released"
@@ -171,6 +172,7 @@ class AccountRecord(TypedDict):
     notices: list[dict[str, Any]]
     blocks: list[dict[str, Any]]
     feedback: list[dict[str, Any]]
+    settings: dict[str, Any]
 
 
 class BlockKind(StrEnum):
@@ -541,6 +543,16 @@ class OperatorStore(Controls, Blocks, Answers, Protocol):
 
     async def sample_origins(self, limit: int) -> list[tuple[str, str | None, str | None]]:
         """Up to ``limit`` random known origins as (prefix, country, provider)."""
+        ...
+
+    async def settings(self, account: str) -> AccountSettings:
+        """The account's settings (the defaults when it has none)."""
+        ...
+
+    async def save_settings(
+        self, account: str, settings: AccountSettings, now: float
+    ) -> AccountSettings:
+        """Store the account's own choices (notices, trip); returns them as stored."""
         ...
 
     async def account_record(self, account: str, decisions: int = 50) -> AccountRecord | None:

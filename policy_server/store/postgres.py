@@ -25,7 +25,7 @@ from ..config import StorageConfig
 from ..model import History, KnownOrigin
 from .base import DeliveryStatus, Outcome, SchemaBehind, StoreError
 from .plan import Op, known_origin
-from .sql import SELECT_HISTORIES, Connection, Dialect, SQLStore, store_errors
+from .sql import HISTORY_ACCOUNT, SELECT_HISTORIES, Connection, Dialect, SQLStore, store_errors
 
 log = logging.getLogger("policy_server.store")
 S = DeliveryStatus
@@ -339,7 +339,7 @@ class PostgresStore(SQLStore):
             async with self._connection() as conn:
                 rows = await conn.fetch(_SELECT_HISTORIES, accounts)
             for row in rows:
-                found[row[8]].append(known_origin(row))
+                found[row[HISTORY_ACCOUNT]].append(known_origin(row))
         except Exception as exc:
             error = exc if isinstance(exc, StoreError) else StoreError(f"history: {exc}")
             for futures in reads.values():

@@ -21,7 +21,7 @@ from importlib import resources
 from typing import Any, ClassVar, Concatenate, ParamSpec, Protocol, TypeVar, cast
 
 from ..config import StorageConfig
-from ..model import KnownOrigin, Notice
+from ..model import NO_SETTINGS, AccountSettings, KnownOrigin, Notice
 from .base import (
     INCARNATION,
     RELEASED,
@@ -52,6 +52,7 @@ from .plan import (
     Op,
     PendingNotice,
     RecordOp,
+    account_settings,
     known_origin,
     notice_from_payload,
     plan_batch,
@@ -144,6 +145,10 @@ def _larger(a: str, b: str) -> str:
     return f"CASE WHEN {a} >= {b} THEN {a} ELSE {b} END"
 
 
+def _smaller(a: str, b: str) -> str:
+    return f"CASE WHEN {a} <= {b} THEN {a} ELSE {b} END"
+
+
 def _in(*statuses: DeliveryStatus) -> str:
     return "(" + ", ".join(f"'{s}'" for s in statuses) + ")"
 
@@ -153,10 +158,34 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-_ORIGIN_COLUMNS = "prefix, country, provider, as_org, first_seen, last_seen, count, network"
+_ORIGIN_COLUMNS = (
+    "prefix, country, provider, as_org, first_seen, last_seen, count, network, clients,"
+    " latitude, longitude, radius_km, confirmed"
+)
 SELECT_ORIGINS = f"SELECT {_ORIGIN_COLUMNS} FROM origins WHERE account = ?"
 # ... of several accounts, the account last ({values}: a condition on account)
 SELECT_HISTORIES = f"SELECT {_ORIGIN_COLUMNS}, account FROM origins WHERE {{values}}"
+HISTORY_ACCOUNT = 13
+_SETTINGS_COLUMNS = "notices, trip_country, trip_until, alerted_at"
+SELECT_SETTINGS = f"SELECT {_SETTINGS_COLUMNS}, account FROM account_settings WHERE {{values}}"
+UPSERT_ALERT = (
+    "INSERT INTO account_settings (account, alerted_at, updated) VALUES (?, ?, ?)"
+    " ON CONFLICT (account) DO UPDATE SET alerted_at = excluded.alerted_at"
+)
+UPSERT_SETTINGS = (
+    "INSERT INTO account_settings (account, notices, trip_country, trip_until, updated)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (account) DO UPDATE SET notices = excluded.notices,"
+    " trip_country = excluded.trip_country, trip_until = excluded.trip_until,"
+    " updated = excluded.updated"
+)
+DELETE_ORIGIN = (
+    "DELETE FROM origins WHERE account = ? AND prefix = ? AND country = ? AND provider = ?"
+)
+# the owner's answer about an origin: "It was me" confirms it, "It wasn't me" takes that back
+CONFIRM_ORIGIN = (
+    "UPDATE origins SET confirmed = ? WHERE account = ? AND prefix = ? AND country = ?"
+    " AND provider = ?"
+)
 # Notices of the accounts ({values}: a condition on n.account) some channel has not delivered
 # yet, created since the parameter.
 SELECT_PENDING = (
@@ -171,13 +200,21 @@ SELECT_WAITING = (
     "SELECT n.payload FROM {join} WHERE d.account = ? AND d.channel = ?"
     f" AND d.status = '{S.QUEUED}' AND n.created <= ? ORDER BY n.created"
 )
+# a write adds its count (1, or a replaced row's logins) and keeps the earliest first use
 UPSERT_ORIGIN = (
-    "INSERT INTO origins (account, prefix, country, provider, as_org, first_seen, last_seen,"
-    " count, network) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)"
+    f"INSERT INTO origins (account, {_ORIGIN_COLUMNS})"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (account, prefix, country, provider) DO UPDATE SET"
     f" last_seen = {_larger('origins.last_seen', 'excluded.last_seen')},"
-    " count = origins.count + 1, as_org = coalesce(excluded.as_org, origins.as_org),"
-    " network = coalesce(origins.network, excluded.network)"
+    f" first_seen = {_smaller('origins.first_seen', 'excluded.first_seen')},"
+    " count = origins.count + excluded.count,"
+    " as_org = coalesce(excluded.as_org, origins.as_org),"
+    " network = coalesce(origins.network, excluded.network),"
+    " clients = coalesce(excluded.clients, origins.clients),"
+    " latitude = coalesce(excluded.latitude, origins.latitude),"
+    " longitude = coalesce(excluded.longitude, origins.longitude),"
+    " radius_km = coalesce(excluded.radius_km, origins.radius_km),"
+    " confirmed = coalesce(excluded.confirmed, origins.confirmed)"
 )
 UPSERT_ACCOUNT = (
     "INSERT INTO accounts (account, first_seen, last_seen, logins) VALUES (?, ?, ?, 1)"
@@ -407,15 +444,23 @@ class SQLStore(GroupCommit, Store):
         accounts = sorted({op.login.account for op in batch if isinstance(op, RecordOp)})
         histories: dict[str, list[KnownOrigin]] = {account: [] for account in accounts}
         async for row in self._fetch_any(tx, SELECT_HISTORIES, accounts, "account"):
-            histories[row[8]].append(known_origin(row))
+            histories[row[HISTORY_ACCOUNT]].append(known_origin(row))
+        settings = {
+            row[4]: account_settings(row)
+            async for row in self._fetch_any(tx, SELECT_SETTINGS, accounts, "account")
+        }
         pending: dict[str, list[PendingNotice]] = {}
         wanted, since = prefetch_pending(batch, histories)
         async for row in self._fetch_any(tx, SELECT_PENDING, wanted, "n.account", since):
             notice = PendingNotice(row[0], row[1], row[2], row[3], _text(row[4]))
             pending.setdefault(notice.account, []).append(notice)
-        results, rows = plan_batch(batch, histories, pending)
+        results, rows = plan_batch(
+            batch, histories, pending, settings=settings, keep=self._config.origins_per_provider
+        )
         for sql, values in (
+            (DELETE_ORIGIN, rows.evictions),
             (UPSERT_ORIGIN, rows.origins),
+            (UPSERT_ALERT, rows.alerts),
             (UPSERT_ACCOUNT, rows.accounts),
             (COUNT_FAILURE, rows.failures),
             (INSERT_NOTICE, rows.notices),
@@ -888,13 +933,52 @@ class SQLStore(GroupCommit, Store):
                 feedback.provider,
             )
             rows = await tx.fetch(SELECT_FEEDBACK, feedback.notice_id)
-        return _feedback(rows[0])
+            stored = _feedback(rows[0])
+            await tx.execute(
+                CONFIRM_ORIGIN,
+                stored.at if stored.answer is Answer.CONFIRMED else None,
+                stored.account,
+                stored.prefix,
+                stored.country,
+                stored.provider,
+            )
+        return stored
 
     @store_errors
     async def answer_to(self, notice_id: str) -> Feedback | None:
         async with self.reading() as conn:
             rows = await conn.fetch(SELECT_FEEDBACK, notice_id)
         return _feedback(rows[0]) if rows else None
+
+    # -- an account's settings ---------------------------------------------------------------
+
+    @store_errors
+    async def settings(self, account: str) -> AccountSettings:
+        async with self.reading() as conn:
+            found = [
+                account_settings(row)
+                async for row in self._fetch_any(conn, SELECT_SETTINGS, [account], "account")
+            ]
+        return found[0] if found else NO_SETTINGS
+
+    @store_errors
+    async def save_settings(
+        self, account: str, settings: AccountSettings, now: float
+    ) -> AccountSettings:
+        async with self.transaction() as tx:
+            await tx.execute(
+                UPSERT_SETTINGS,
+                account,
+                settings.notices,
+                settings.trip_country,
+                settings.trip_until,
+                now,
+            )
+            found = [
+                account_settings(row)
+                async for row in self._fetch_any(tx, SELECT_SETTINGS, [account], "account")
+            ]
+        return found[0]
 
     # -- privacy and history -----------------------------------------------------------------
 
@@ -918,7 +1002,11 @@ class SQLStore(GroupCommit, Store):
                     account,
                 )
             ]
-            if not found and contact is None and not blocks and not answers:
+            chosen = [
+                account_settings(row)
+                async for row in self._fetch_any(conn, SELECT_SETTINGS, [account], "account")
+            ]
+            if not found and contact is None and not blocks and not answers and not chosen:
                 return None
             origins = await conn.fetch_dicts(
                 f"SELECT {_ORIGIN_COLUMNS} FROM origins WHERE account = ? ORDER BY last_seen DESC",
@@ -934,12 +1022,9 @@ class SQLStore(GroupCommit, Store):
             notices = await conn.fetch(
                 "SELECT payload FROM notices WHERE account = ? ORDER BY created DESC", account
             )
-        # an origin is confirmed by the owner's latest "It was me" for it
-        confirmed = {
-            (a.prefix, a.country, a.provider): a.at for a in answers if a.answer is Answer.CONFIRMED
-        }
         for row in origins:
-            row["confirmed"] = confirmed.get((row["prefix"], row["country"], row["provider"]))
+            # ``confirmed``: when the owner said "It was me" about it (None: never, or denied)
+            row["clients"] = json.loads(row["clients"]) if row["clients"] else []
             row["country"] = row["country"] or None
             row["provider"] = row["provider"] or None
         for row in recent:
@@ -960,6 +1045,7 @@ class SQLStore(GroupCommit, Store):
             "notices": [json.loads(_text(row[0])) for row in notices],
             "blocks": [_block(row).as_dict() for row in blocks],
             "feedback": [answer.as_dict() for answer in answers],
+            "settings": (chosen[0] if chosen else NO_SETTINGS).as_dict(),
         }
 
     @store_errors
@@ -975,6 +1061,7 @@ class SQLStore(GroupCommit, Store):
                 "contacts",
                 "blocks",
                 "feedback",
+                "account_settings",
                 "accounts",
             ):
                 # deliveries go with their notices (ON DELETE CASCADE)
