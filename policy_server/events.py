@@ -45,19 +45,20 @@ class Event:
     protocol: str
     success: bool
     at: float
+    # the mail program's IMAP ID as Dovecot passed it ("" when it sent none)
+    device_id: str = ""
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "time": datetime.fromtimestamp(self.at, UTC).isoformat(),
-                "login": self.login,
-                "remote": self.remote,
-                "protocol": self.protocol,
-                "success": self.success,
-            },
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
+        data: dict[str, Any] = {
+            "time": datetime.fromtimestamp(self.at, UTC).isoformat(),
+            "login": self.login,
+            "remote": self.remote,
+            "protocol": self.protocol,
+            "success": self.success,
+        }
+        if self.device_id:
+            data["device_id"] = self.device_id
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
 def _timestamp(text: str, zone: tzinfo, now: datetime) -> float | None:
@@ -124,6 +125,7 @@ def parse_json_line(line: str) -> Event:
             protocol=str(data.get("protocol") or "unknown"),
             success=bool(data.get("success", True)),
             at=when.timestamp(),
+            device_id=str(data.get("device_id") or ""),
         )
     except KeyError as exc:
         raise ValueError(f"missing {exc.args[0]!r}") from None

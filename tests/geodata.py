@@ -45,6 +45,16 @@ STANDARD_NETWORKS: tuple[Network, ...] = (
     Network("127.0.0.0/8", "JP", 64500, "Example Carrier JP", "Tokyo"),
 )
 
+# Where a City database places each city: (latitude, longitude, accuracy_radius in km), as
+# MaxMind's ``location`` has them.
+CITY_LOCATIONS: dict[str, tuple[float, float, int]] = {
+    "Tokyo": (35.6895, 139.6917, 20),
+    "Osaka": (34.6937, 135.5023, 20),
+    "Ashburn": (39.0438, -77.4874, 20),
+    "Frankfurt am Main": (50.1109, 8.6821, 20),
+    "Paris": (48.8566, 2.3522, 20),
+}
+
 # Addresses the standard dataset deliberately does not cover.
 UNMAPPED_ADDRESSES: tuple[str, ...] = ("198.18.0.1", "2001:db8:ff::1")
 
@@ -112,7 +122,8 @@ def write_city_mmdb(
     entries: Iterable[Entry],
     database_type: str = "GeoLite2-City",
 ) -> Path:
-    """A City database shaped like MaxMind's: ``country``, ``registered_country``, ``city``."""
+    """A City database shaped like MaxMind's: ``country``, ``registered_country``, ``city``
+    and ``location`` (``CITY_LOCATIONS``)."""
     records = []
     for network in _networks(entries):
         if not network.country:
@@ -120,6 +131,13 @@ def write_city_mmdb(
         content = _country_content(network)
         if network.city:
             content["city"] = {"names": {"en": network.city}}
+            if network.city in CITY_LOCATIONS:
+                lat, lon, radius = CITY_LOCATIONS[network.city]
+                content["location"] = {
+                    "latitude": lat,
+                    "longitude": lon,
+                    "accuracy_radius": radius,
+                }
         records.append((network.cidr, content))
     return write_mmdb(path, records, database_type)
 

@@ -24,7 +24,7 @@ from test_delivery import report
 
 from policy_server.commands.history import history_export, history_forget, history_show
 from policy_server.commands.import_log import import_logs
-from policy_server.commands.replay import replay, replay_configs
+from policy_server.commands.replay import format_side_by_side, replay, replay_configs
 from policy_server.config import Config
 from policy_server.events import Event, read_events
 from policy_server.origin.networks import KnownNetworks, NetworksError
@@ -452,3 +452,109 @@ async def test_replay_never_uses_the_live_postgres_store(
     events = sorted(read_events([LOGS], TOKYO), key=lambda e: e.at)
     result = await replay(live, events)
     assert result.notices == 4
+
+
+async def test_replay_a_dual_stack_login_makes_one_notice(
+    make_config: Callable[..., Config],
+) -> None:
+    # the IMAP client connects over IPv6, its SMTP submission a few seconds later over the
+    # IPv4 egress, which the carrier routes through another of its ASNs
+    at = 1_764_000_000.0
+    thunderbird = '"name" "Thunderbird" "version" "128.3"'
+    events = [
+        Event("erin", "2001:db8:1::5", "imap", True, at, thunderbird),
+        Event("erin", "203.0.113.200", "submission", True, at + 20, thunderbird),
+        # the same later, after the coalescing window: a notice of its own
+        Event("frank", "2001:db8:1::6", "imap", True, at, thunderbird),
+        Event("frank", "203.0.113.201", "imap", True, at + 3600, thunderbird),
+        # and another country within the window is never taken in
+        Event("gina", "2001:db8:1::7", "imap", True, at, thunderbird),
+        Event("gina", "2001:db8:2::7", "imap", True, at + 3600 * 30, thunderbird),
+        Event("gina", "198.51.100.7", "imap", True, at + 3600 * 30 + 20, thunderbird),
+    ]
+    result = await replay(make_config(), events)
+    # before, erin's two logins made two notices (first_use, then new_provider)
+    assert (result.notices, result.joined) == (6, 1)
+    assert dict(result.by_reason) == {
+        "first_use": 3,
+        "new_country": 2,
+        "new_provider": 3,
+    }
+
+
+async def test_a_phone_wandering_a_carriers_pools_keeps_a_few_rows(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    from geodata import Network, write_asn_mmdb, write_country_mmdb
+
+    from policy_server.model import Command, LoginEvent
+    from policy_server.origin.resolver import OriginResolver
+    from policy_server.service.recorder import LoginRecorder
+
+    mobile = [Network("10.0.0.0/8", "JP", 64999, "Example Mobile JP")]
+    config = make_config(
+        geoip={
+            "country_db": str(write_country_mmdb(tmp_path / "c.mmdb", mobile)),
+            "asn_db": str(write_asn_mmdb(tmp_path / "a.mmdb", mobile)),
+        }
+    )
+    assert config.storage.origins_per_provider == 4
+    resolver = OriginResolver.from_config(config.geoip)
+    store = await open_store(config.storage)
+    at = 1_764_000_000.0
+    notices = 0
+    try:
+        recorder = LoginRecorder(config, store, lambda: resolver, ("log",))
+        # a month of a phone: a new address pool every few hours, 150 in all
+        for pool in range(150):
+            event = LoginEvent(Command.REPORT, "hana", f"10.0.{pool}.9", "imap", success=True)
+            outcome = await recorder.report(event, at=at + pool * 5 * 3600)
+            notices += outcome.notice_id is not None
+        # back in one of the first pools: a known provider in the known country
+        event = LoginEvent(Command.REPORT, "hana", "10.0.3.9", "imap", success=True)
+        outcome = await recorder.report(event, at=at + 151 * 5 * 3600)
+        assert outcome.decision.reasons == ()
+    finally:
+        await store.close()
+        resolver.close()
+    assert notices == 1  # the first use
+    stored = rows(config, "SELECT prefix, first_seen, count FROM origins WHERE account = 'hana'")
+    # before, every pool stayed a row: 150 rows read by every login
+    assert len(stored) == 4
+    # what the rows let go of lives on in the rows that took their place
+    assert min(first for _, first, _ in stored) == at
+    assert sum(count for _, _, count in stored) == 151
+    assert "10.0.3.0/24" in {prefix for prefix, _, _ in stored}
+
+
+async def test_replay_reports_the_new_reasons_and_what_if(
+    make_config: Callable[..., Config], geo_files: dict[str, Path]
+) -> None:
+    at = 1_764_000_000.0
+    events = [
+        # Tokyo, then Paris twenty minutes later
+        Event("ivy", "203.0.113.7", "imap", True, at),
+        Event("ivy", "2001:db8:2::7", "imap", True, at + 1200),
+        # five providers in four countries within the hour
+        *(
+            Event("jack", remote, "smtp", True, at + 60 * i)
+            for i, remote in enumerate(
+                ("203.0.113.7", "203.0.113.200", "198.51.100.7", "192.0.2.7", "2001:db8:2::9")
+            )
+        ),
+    ]
+    city = {"country_db": str(geo_files["city_mmdb"])}
+    current = await replay(make_config(geoip=city), events)
+    # ivy's journey, and each of jack's (Tokyo, Osaka, Ashburn, Frankfurt, Paris a minute apart)
+    assert current.found["impossible_travel"] == 5 and current.found["many_origins"] == 1
+    assert current.by_reason["impossible_travel"] == 5 and current.alerts == 1
+    # what if both checks were off
+    candidate = await replay(
+        make_config(geoip=city, policy={"max_speed_kmh": 0}, compromise={"providers": 0}),
+        events,
+    )
+    assert candidate.found["impossible_travel"] == 0 and candidate.alerts == 0
+    assert current.notices == candidate.notices  # the same logins notify, for fewer reasons
+    text = format_side_by_side({"current": current, "candidate": candidate})
+    assert any(line.split() == ["admin", "alerts", "1", "0"] for line in text.splitlines())
+    assert any(line.split() == ["impossible_travel", "5", "0"] for line in text.splitlines())

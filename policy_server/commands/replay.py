@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 from ..config import Config
 from ..events import Event, ReadStats, batches, merged_events
 from ..logs import setup_logging
-from ..model import Command, LoginEvent
+from ..model import Command, LoginEvent, Reason
 from ..origin.address import AddressError
 from ..origin.networks import KnownNetworks, NetworksError
 from ..origin.resolver import OriginResolver
@@ -185,6 +185,12 @@ class ReplayResult:
     by_reason: Counter[str] = field(default_factory=Counter)
     by_day: Counter[str] = field(default_factory=Counter)
     bad_addresses: int = 0
+    # every reason found, notified or not
+    found: Counter[str] = field(default_factory=Counter)
+    # notifying logins taken into the notice of another login from the same place
+    joined: int = 0
+    # accounts the admin channels were alerted about (many_origins)
+    alerts: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -196,6 +202,9 @@ class ReplayResult:
             "by_reason": dict(sorted(self.by_reason.items())),
             "by_day": dict(sorted(self.by_day.items())),
             "bad_addresses": self.bad_addresses,
+            "found": dict(sorted(self.found.items())),
+            "joined": self.joined,
+            "alerts": self.alerts,
         }
 
 
@@ -255,6 +264,7 @@ class Replay:
             remote=event.remote,
             protocol=event.protocol,
             success=event.success,
+            device_id=event.device_id,
         )
         try:
             outcome = await self._recorder.report(login, at=event.at)
@@ -266,12 +276,17 @@ class Replay:
             return
         result.logins += 1
         decision = outcome.decision
+        result.found.update(r.value for r in decision.reasons)
+        if Reason.MANY_ORIGINS in decision.reasons:
+            result.alerts += 1
         if outcome.notice_id is not None:
             result.notices += 1
             self._notified.add(login.login.casefold())
             result.by_reason.update(r.value for r in decision.notify)
             day = datetime.fromtimestamp(event.at, self._zone).date().isoformat()
             result.by_day[day] += 1
+        elif decision.notify and outcome.wrote:
+            result.joined += 1
         elif decision.unusual:
             result.silent += 1
 
@@ -289,11 +304,18 @@ def format_side_by_side(results: dict[str, ReplayResult]) -> str:
     add("notices", [results[n].notices for n in names])
     add("accounts notified", [results[n].accounts_notified for n in names])
     add("unusual, not notified", [results[n].silent for n in names])
+    add("joined another notice", [results[n].joined for n in names])
+    add("admin alerts", [results[n].alerts for n in names])
     reasons = sorted(set().union(*(results[n].by_reason for n in names)))
     if reasons:
         rows.append(("by reason", []))
         for reason in reasons:
             add(f"  {reason}", [results[n].by_reason[reason] for n in names])
+    found = sorted(set().union(*(results[n].found for n in names)))
+    if found:
+        rows.append(("found, notified or not", []))
+        for reason in found:
+            add(f"  {reason}", [results[n].found[reason] for n in names])
     days = sorted(set().union(*(results[n].by_day for n in names)))
     if days:
         rows.append(("notices by day", []))

@@ -122,7 +122,14 @@ class LoginRecorder:
         )
         if self.events is not None:
             self.events.write(
-                Event(event.login, event.remote, event.protocol, bool(event.success), at)
+                Event(
+                    event.login,
+                    event.remote,
+                    event.protocol,
+                    bool(event.success),
+                    at,
+                    event.device_id,
+                )
             )
         if not event.success:
             return Prepared(account, None, at)
