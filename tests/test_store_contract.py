@@ -1028,3 +1028,93 @@ async def test_blocks_are_in_the_account_record_and_forgotten(store: Store) -> N
     assert counts["blocks"] == 1
     assert [b.account for b in await store.list_blocks(0.0)] == ["dave"]
     assert await store.active_blocks(0.0, version.version) is not None
+
+
+# -- what the sharper signals keep -----------------------------------------------------------
+
+
+async def test_origins_keep_programs_places_and_the_owners_confirmation(store: Store) -> None:
+    from policy_server.model import Location
+    from policy_server.store.base import Answer, Feedback
+
+    thunderbird, iphone = Client("Thunderbird", "128.3"), Client("iPhone Mail", "21A329")
+    tokyo = replace(origin(), location=Location(35.6895, 139.6917, 20.0))
+    first = await record(store, replace(login(o=tokyo), client=thunderbird))
+    # a new program on the known origin writes it, even within the touch granularity
+    again = await record(store, replace(login(o=tokyo, at=1060.0), client=iphone))
+    assert again.wrote and again.decision.reasons == ()
+    (home,) = (await store.history("alice")).origins
+    assert home.clients == ("Thunderbird", "iPhone Mail") and home.count == 2
+    assert home.location == Location(35.6895, 139.6917, 20.0)
+    assert home.confirmed is None
+    assert first.notice_id is not None
+    answer = Feedback(first.notice_id, "alice", Answer.CONFIRMED, 1100.0, JP[0], "JP", "AS64500")
+    await store.record_answer(answer)
+    (home,) = (await store.history("alice")).origins
+    assert home.confirmed == 1100.0
+    # a denial takes the confirmation back
+    await store.record_answer(replace(answer, answer=Answer.DENIED, at=1200.0))
+    (home,) = (await store.history("alice")).origins
+    assert home.confirmed is None
+    record_ = await store.account_record("alice")
+    assert record_ is not None and record_["origins"][0]["clients"] == [
+        "Thunderbird",
+        "iPhone Mail",
+    ]
+
+
+async def test_an_account_keeps_a_few_prefixes_per_provider(store: Store) -> None:
+    # the default bound: four prefixes of one provider in one country
+    for pool in range(12):
+        o = origin(f"10.1.{pool}.0/24", "JP", 64999)
+        await record(store, replace(login(o=o, at=1000.0 + pool * 7200), client=Client(f"p{pool}")))
+    history = await store.history("alice")
+    assert sorted(k.prefix for k in history.origins) == [
+        "10.1.10.0/24",
+        "10.1.11.0/24",
+        "10.1.8.0/24",
+        "10.1.9.0/24",
+    ]
+    assert sum(k.count for k in history.origins) == 12
+    assert min(k.first_seen for k in history.origins) == 1000.0
+    # each new row took over the programs of the one it replaced (at most eight per row)
+    assert len({name for k in history.origins for name in k.clients}) == 12
+    assert all(len(k.clients) <= 8 for k in history.origins)
+    # another provider's rows are not touched
+    await record(store, login(o=origin(*US), at=200_000.0))
+    assert len((await store.history("alice")).origins) == 5
+
+
+async def test_account_settings_and_the_alert_time(store: Store) -> None:
+    assert await store.settings("alice") == AccountSettings()
+    off = AccountSettings(notices=False)
+    assert await store.save_settings("alice", off, 1000.0) == off
+    # notices off: learned without a notice
+    outcome = await record(store, login())
+    assert outcome.decision.notify == () and outcome.decision.note == "notices off"
+    assert outcome.notice_id is None
+    on = AccountSettings(trip_country="US", trip_until=5000.0)
+    assert await store.save_settings("alice", on, 1100.0) == on
+    trip = await record(store, login(o=origin(*US), at=2000.0))
+    assert trip.notice_id is None and trip.decision.note == "on a declared trip"
+    assert (await store.settings("alice")).alerted_at is None
+
+
+async def test_the_hijack_pattern_is_stored_once_a_day(store: Store) -> None:
+    from policy_server.config import CompromiseConfig
+
+    def with_compromise(h: History, o: Origin, at: float, client: Client | None) -> Decision:
+        return decide(h, o, at, POLICY, client, CompromiseConfig(providers=3))
+
+    found = []
+    for i, place in enumerate((JP, US, DE, ("192.0.2.128/25", "DE", 64521))):
+        outcome = await store.record_success(
+            login(o=origin(*place), at=1000.0 + i),
+            with_compromise,
+            ["hook"],
+            touch_after=3600.0,
+            deadline_s=3600.0,
+        )
+        found.append(Reason.MANY_ORIGINS in outcome.decision.reasons)
+    assert found == [False, False, True, False]
+    assert (await store.settings("alice")).alerted_at == 1002.0
