@@ -150,6 +150,22 @@ def geo_problems(geoip: GeoipConfig) -> list[str]:
     return problems
 
 
+def signal_notes(config: Config) -> list[str]:
+    """What the config asks for that its data cannot give (not an error: the signal stays
+    silent)."""
+    if config.policy.max_speed_kmh <= 0:
+        return []
+    path = config.geoip.country_db
+    kind = _mmdb_type(path) if path and Path(path).is_file() else None
+    if kind is not None and "City" in kind:
+        return []
+    what = f"{path} is {kind}" if kind else "no City database is configured"
+    return [
+        f"policy.max_speed_kmh: impossible_travel needs a City database as geoip.country_db;"
+        f" {what}, so it never fires"
+    ]
+
+
 def check_config(args: argparse.Namespace) -> int:
     from ..delivery.render import Renderer, TemplateError
     from ..origin.networks import KnownNetworks, NetworksError
@@ -171,5 +187,7 @@ def check_config(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
+    for note in signal_notes(config):
+        print(f"  note: {note}", file=sys.stderr)
     print(f"{args.config or 'embedded defaults'}: OK")
     return 0
