@@ -11,6 +11,7 @@ import pytest
 from geodata import CITY_LOCATIONS
 from pages_support import ABROAD, HOME, Running, running
 from pydantic import ValidationError
+from test_client import REAL_IDS
 
 from policy_server.client import Client, parse_client_id
 from policy_server.config import CompromiseConfig, PolicyConfig
@@ -365,3 +366,16 @@ async def test_the_programs_an_origin_saw_are_kept_and_a_new_one_is_written(
 
 def test_the_client_label_types() -> None:
     assert isinstance(THUNDERBIRD, Client) and THUNDERBIRD.name == "Thunderbird"
+
+
+@pytest.mark.parametrize("text", [text for text, _, _ in REAL_IDS])
+def test_every_real_program_is_new_to_an_account_that_used_another(text: str) -> None:
+    program = parse_client_id(text)
+    assert program is not None
+    other = "Thunderbird" if program.name != "Thunderbird" else "K-9 Mail"
+    h = History("alice", (known(HOME_JP, clients=(other,)),))
+    abroad = origin("198.51.100.0/24", "US", 64510)
+    assert decide(h, abroad, NOW, POLICY, program).reasons[-1] is Reason.NEW_CLIENT
+    # once the account used it, from anywhere, it is no longer new
+    used = History("alice", (known(HOME_JP, clients=(other, program.name)),))
+    assert Reason.NEW_CLIENT not in decide(used, abroad, NOW, POLICY, program).reasons
