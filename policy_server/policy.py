@@ -160,14 +160,16 @@ def impossible_travel(
     """The journey from the account's latest placed origin to ``origin``, when it needs more
     than ``max_speed_kmh``: the distance less both accuracy radii, over the time since that
     origin's last login. Never from or to an unknown location, a known network, or a confirmed
-    origin (the owner said the login from there was theirs)."""
+    origin (the owner said the login from there was theirs); only between two countries."""
     if policy.max_speed_kmh <= 0 or origin.location is None or origin.network is not None:
         return None
     located = [k for k in live if k.location is not None and k.network is None]
     if not located:
         return None
     last = max(located, key=lambda k: k.last_seen)
-    if last.confirmed is not None or last.location is None:
+    # within one country the data places networks too loosely (a carrier's IPv6 at its head
+    # office, its IPv4 egress in the user's city) for a journey to mean anything
+    if last.confirmed is not None or last.location is None or last.country == origin.country:
         return None
     km = distance_km(last.location, origin.location)
     km -= last.location.radius_km + origin.location.radius_km
@@ -177,15 +179,23 @@ def impossible_travel(
     return Travel(last.country, km, hours)
 
 
+#: known networks whose logins are the admin's own or their mail apps', never a botnet's
+BENIGN_NETWORKS = frozenset({"trusted", "mail-app", "corporate"})
+
+
 def spread(
     live: Iterable[KnownOrigin], origin: Origin, at: float, compromise: CompromiseConfig
 ) -> tuple[str, ...]:
     """The providers and countries of the account's logins within ``[compromise] window_s``
     with this one, when either count reaches ``[compromise] providers`` (else ``()``)."""
-    if compromise.providers <= 0 or origin.network == "trusted":
+    if compromise.providers <= 0 or origin.network in BENIGN_NETWORKS:
         return ()
     since = at - compromise.window_s
-    recent = [(k.country, k.provider) for k in live if k.last_seen >= since]
+    recent = [
+        (k.country, k.provider)
+        for k in live
+        if k.last_seen >= since and k.network not in BENIGN_NETWORKS
+    ]
     recent.append((origin.country, origin.provider))
     providers = {p for _, p in recent if p}
     countries = {c for c, _ in recent if c}

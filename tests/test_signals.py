@@ -194,6 +194,10 @@ def test_travel_is_never_judged_from_or_to_what_does_not_place_the_owner() -> No
     # a new network of the known provider in the known country is not a journey
     osaka = origin("203.0.113.128/25", "JP", 64500, OSAKA)
     assert decide(History("a", (known(HOME_JP, NOW - 60),)), osaka, NOW, POLICY).reasons == ()
+    # nor another provider in the same country: places within a country are too loose
+    other = origin("203.0.113.128/25", "JP", 64501, OSAKA)
+    d = decide(History("a", (known(HOME_JP, NOW - 60),)), other, NOW, POLICY)
+    assert d.reasons == (Reason.NEW_PROVIDER,)
 
 
 def test_the_latest_placed_origin_is_where_the_journey_starts() -> None:
@@ -250,6 +254,12 @@ def test_five_providers_within_the_hour_are_many_origins_once_a_day() -> None:
     assert (
         Reason.MANY_ORIGINS
         in decide(History("a", h.origins[:2]), fifth, NOW, POLICY, compromise=three).reasons
+    )
+    # the admin's own networks and mail apps' fetchers are not a botnet
+    fetcher = replace(before[0], network="mail-app")
+    benign = History("a", (known(fetcher, NOW - 60), *h.origins[1:]))
+    assert (
+        Reason.MANY_ORIGINS not in decide(benign, fifth, NOW, POLICY, compromise=COMPROMISE).reasons
     )
     off = CompromiseConfig(providers=0)
     assert Reason.MANY_ORIGINS not in decide(h, fifth, NOW, POLICY, compromise=off).reasons
