@@ -843,7 +843,8 @@ def test_check_config_names_a_missing_command(make_env: Callable[..., Env]) -> N
 def test_check_config_accepts_an_existing_command(make_env: Callable[..., Env]) -> None:
     env = make_env({"type": "command", "name": "script", "command": [sys.executable, "-c", ""]})
     code, out, err = env.run("check-config")
-    assert (code, err) == (0, "")
+    # at most the note that a Country database places no login for impossible_travel
+    assert code == 0 and all(line.startswith("  note: ") for line in err.splitlines())
     assert out.strip().endswith("OK")
 
 

@@ -14,9 +14,10 @@ import pytest
 from pydantic import SecretStr
 from support import make_notice
 
+from policy_server.client import Client
 from policy_server.config import MessageConfig, WebConfig
 from policy_server.delivery.render import Renderer, TemplateError, protocol_labels
-from policy_server.model import Notice, Reason, Recipient
+from policy_server.model import Notice, Reason, Recipient, Travel
 from policy_server.web.tokens import read_token
 
 HELP_URL = "https://mail.example.jp/help/password"
@@ -387,3 +388,348 @@ def test_check_config_accepts_links(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     assert main(["check-config", "-c", str(conf)]) == 0
+
+
+# The urgent reasons and the new mail program: wording, figures and the context behind them.
+
+SMS_LIMITS = {
+    # what a message may take in concatenated parts: Japanese is UCS-2 (67 a part), English
+    # GSM-7 (153 a part); the ordinary notice with its link already takes 4 and 2
+    "ja": 4 * 67,
+    "en": 2 * 153,
+}
+SPREAD = ("?? unknown", "DE org:Hetzner Online", "JP AS2516", "US AS15169", "US AS64510")
+
+
+def travel_notice(**changes: object) -> Notice:
+    """A login in Brazil 2.46 hours after one in Japan, from a program never used before."""
+    fields: dict[str, object] = {
+        "reasons": (
+            Reason.NEW_COUNTRY,
+            Reason.NEW_PROVIDER,
+            Reason.NEW_CLIENT,
+            Reason.IMPOSSIBLE_TRAVEL,
+        ),
+        "country": "BR",
+        "asn": 64520,
+        "as_org": "Example Telecom",
+        "client": Client("Thunderbird", "128.3.0"),
+        "travel": Travel("JP", 17401.6, 2.46),
+    }
+    fields.update(changes)
+    return make_notice(**fields)
+
+
+def spread_notice(**changes: object) -> Notice:
+    """A login from the US (AS64510) that makes five places within the hour."""
+    fields: dict[str, object] = {
+        "reasons": (Reason.NEW_PROVIDER, Reason.MANY_ORIGINS),
+        "spread": SPREAD,
+    }
+    fields.update(changes)
+    return make_notice(**fields)
+
+
+@pytest.mark.parametrize(
+    ("language", "line"),
+    [
+        (
+            "ja",
+            "これまでこのアカウントで使われたことのないメールソフト"
+            "（Thunderbird 128）からのアクセスです。\n",
+        ),
+        ("en", "It came from a mail program this account has not used before: Thunderbird 128.\n"),
+    ],
+)
+def test_new_client_names_the_program(notice: Notice, language: str, line: str) -> None:
+    renderer = Renderer(config(language=language))
+    new = replace(
+        notice,
+        reasons=(Reason.NEW_COUNTRY, Reason.NEW_CLIENT),
+        client=Client("Thunderbird", "128.3.0"),
+    )
+    body = renderer.render(new).body
+    # a hint after the usual first paragraph, before the details
+    lead = {"ja": "以下の国・地域から", "en": "We detected access to your"}[language]
+    assert body.index(lead) < body.index(line) < body.index("■")
+    # the same login without new_client says nothing of it
+    assert line not in renderer.render(replace(new, reasons=(Reason.NEW_COUNTRY,))).body
+    # with a network's wording too
+    vpn = replace(new, reasons=(Reason.VIA_VPN, Reason.NEW_CLIENT), network_label="Example VPN")
+    assert line in renderer.render(vpn).body
+
+
+def test_impossible_travel_in_japanese() -> None:
+    message = Renderer(config(language="ja"), WEB).render(travel_notice())
+    assert message.subject == "【Example Mail】至急：遠く離れた場所からの不審なログイン（ブラジル）"
+    assert (
+        "\n前回のログインから短時間のうちに、"
+        "遠く離れた場所からExample Mailへのログインがありました。"
+        "日本からブラジルまで約17,402kmを2.5時間で移動したことになります。"
+        "この時間で移動できる距離ではないため、第三者がパスワードを使用しているおそれがあります。"
+        "今すぐパスワードを変更してください。\n"
+    ) in message.body
+    assert (
+        "■前回のログイン（推定）\n日本\n"
+        "今回のログインとの距離：約17,402km\n今回のログインとの間隔：2.5時間\n"
+    ) in message.body
+    assert "メールソフト（Thunderbird 128）" in message.body
+    # what to do: the "It wasn't me" link and the help page
+    assert message.links is not None and f"\n{message.links.deny}\n" in message.body
+    assert f"変更方法：{HELP_URL}\n" in message.body
+    assert message.short.startswith(
+        "【Example Mail】至急：2020/03/11 05:12:44（日本時間）、"
+        "日本でのログインの2.5時間後に約17,402km離れたブラジルでログインがありました。"
+        "不正利用のおそれがあります。今すぐパスワードを変更してください。\n"
+    )
+    assert f"：{message.links.page}\n" in message.short
+
+
+def test_impossible_travel_in_english() -> None:
+    message = Renderer(config(language="ja"), WEB).render(travel_notice(), Recipient(language="en"))
+    assert message.subject == (
+        "Urgent: login to Example Mail (IMAP) from Brazil, too far from the previous one"
+    )
+    assert (
+        "\nA login to your Example Mail came from too far away for the time since the previous "
+        "one: from Japan to Brazil, about 17,402 km in 2.5 hours. No one can travel that fast, "
+        "so someone else may be using your password. Change your password now.\n"
+    ) in message.body
+    assert (
+        "■ Previous login (estimated)\nJapan\nAbout 17,402 km away, 2.5 hours before this login\n"
+    ) in message.body
+    assert "a mail program this account has not used before: Thunderbird 128." in message.body
+    assert message.links is not None and f"\n{message.links.deny}\n" in message.body
+    assert f"How to change it: {HELP_URL}\n" in message.body
+    assert message.short.startswith(
+        "Example Mail URGENT: login from Brazil at 2020/03/11 05:12:44 (Japan Time), "
+        "17,402 km from Japan in 2.5 hours. Change your password now.\n"
+    )
+    assert f"Was it you? Tell us: {message.links.page}\n" in message.short
+
+
+@pytest.mark.parametrize(
+    ("travel", "ja", "en"),
+    [
+        # under an hour: minutes
+        (
+            Travel("JP", 900.2, 0.4),
+            (
+                "日本からブラジルまで約900kmを24分で",
+                "約900km離れたブラジル",
+                "日本でのログインの24分後",
+            ),
+            ("from Japan to Brazil, about 900 km in 24 minutes", "900 km from Japan in 24 minutes"),
+        ),
+        (
+            Travel("JP", 900, 1 / 60),
+            ("約900kmを1分で", "日本でのログインの1分後"),
+            ("about 900 km in 1 minute.", "900 km from Japan in 1 minute."),
+        ),
+        (
+            Travel("JP", 900, 0.001),
+            ("約900kmを1分未満で", "日本でのログインの直後"),
+            ("about 900 km in less than a minute.", "in under a minute."),
+        ),
+        # just under an hour rounds to one hour, in hours
+        (Travel("JP", 1500, 0.999), ("約1,500kmを1.0時間で",), ("about 1,500 km in 1.0 hours",)),
+        # a long one
+        (Travel("JP", 17401.6, 31.26), ("31.3時間",), ("31.3 hours",)),
+        # the previous place unknown
+        (
+            Travel(None, 2000, 1.5),
+            ("国・地域不明の場所からブラジルまで約2,000km", "国・地域不明の場所でのログイン"),
+            ("from an unknown country/region to Brazil", "2,000 km from an unknown place"),
+        ),
+        # both in one country
+        (
+            Travel("BR", 2500, 1.2),
+            ("ブラジル国内で約2,500kmを1.2時間で", "約2,500km離れた同じ国内の場所"),
+            ("within Brazil, about 2,500 km in 1.2 hours", "2,500 km from Brazil"),
+        ),
+    ],
+)
+def test_journey_figures(travel: Travel, ja: tuple[str, ...], en: tuple[str, ...]) -> None:
+    renderer = Renderer(config())
+    notice = travel_notice(travel=travel)
+    for language, expected in (("ja", ja), ("en", en)):
+        message = renderer.render(notice, Recipient(language=language))
+        text = message.body + message.short
+        for words in expected:
+            assert words in text, (language, words)
+
+
+def test_impossible_travel_without_its_figures() -> None:
+    # a notice that lost its journey still says what happened, without figures
+    renderer = Renderer(config())
+    notice = travel_notice(travel=None)
+    ja = renderer.render(notice)
+    assert "遠く離れた場所からExample Mailへのログインがありました。この時間で" in ja.body
+    assert "■前回のログイン" not in ja.body
+    assert "前回の場所から遠く離れたブラジルでログインがありました。" in ja.short
+    en = renderer.render(notice, Recipient(language="en"))
+    assert "for the time since the previous one. No one can travel" in en.body
+    assert "Previous login" not in en.body
+    assert "from Brazil at 2020/03/11 05:12:44 (Japan Time), too far from the previous" in en.short
+
+
+def test_many_origins_in_japanese() -> None:
+    message = Renderer(config(language="ja"), WEB).render(spread_notice())
+    assert message.subject == "【Example Mail】至急：直近1時間に5か所からのログイン"
+    assert (
+        "\n直近1時間に、5か所（国・地域や通信事業者が異なる場所）からExample Mailへのログインが"
+        "ありました。お一人でこれほど多くの場所から同時に利用することは考えにくいため、"
+        "パスワードが第三者に知られ、迷惑メールの送信などに悪用されているおそれがあります。"
+        "今すぐパスワードを変更してください。\n"
+    ) in message.body
+    assert (
+        "■直近1時間にログインがあった場所（5か所）\n"
+        "ドイツ：Hetzner Online\n"
+        "日本：AS2516\n"
+        "アメリカ合衆国：AS15169\n"
+        "アメリカ合衆国：Example Hosting US AS64510（今回のログイン）\n"
+        "国・地域不明：事業者不明\n"
+    ) in message.body
+    assert message.links is not None and f"\n{message.links.deny}\n" in message.body
+    assert message.short.startswith(
+        "【Example Mail】至急：2020/03/11 05:12:44（日本時間）"
+        "までの1時間に5か所からログインがあり、"
+        "不正利用のおそれがあります。今すぐパスワードを変更してください。\n"
+    )
+
+
+def test_many_origins_in_english() -> None:
+    message = Renderer(config(language="en"), WEB).render(spread_notice())
+    assert message.subject == "Urgent: logins to Example Mail from 5 places within the last hour"
+    assert (
+        "\nThere were logins to your Example Mail from 5 different places (countries or "
+        "providers) within the last hour. No one uses their mail from that many places at once: "
+        "your password is very likely known to others, who may be misusing your account, for "
+        "example to send spam. Change your password at once.\n"
+    ) in message.body
+    assert (
+        "■ Places used within the last hour (5)\n"
+        "Germany, Hetzner Online\n"
+        "Japan, AS2516\n"
+        "United States, AS15169\n"
+        "United States, Example Hosting US AS64510 (this login)\n"
+        "Unknown country/region, unknown provider\n"
+    ) in message.body
+    assert message.short.startswith(
+        "Example Mail URGENT: logins from 5 places in the hour up to 2020/03/11 05:12:44 "
+        "(Japan Time). Someone likely has your password: change it now.\n"
+    )
+    assert HELP_URL in Renderer(config(language="en")).render(spread_notice()).short
+
+
+def test_many_origins_says_so_first() -> None:
+    # the most pressing wording leads: before a journey's or a network's
+    both = spread_notice(
+        reasons=(Reason.NEW_PROVIDER, Reason.IMPOSSIBLE_TRAVEL, Reason.MANY_ORIGINS),
+        travel=Travel("JP", 10900, 1.5),
+    )
+    vpn = spread_notice(reasons=(Reason.VIA_VPN, Reason.MANY_ORIGINS), network="vpn")
+    renderer = Renderer(config(language="en"))
+    for notice in (both, vpn):
+        message = renderer.render(notice)
+        assert message.subject.startswith("Urgent: logins to Example Mail from 5 places")
+        assert message.body.split("\n")[1].startswith("There were logins to your Example Mail")
+        assert "■ Places used within the last hour (5)\n" in message.body
+        assert message.short.startswith("Example Mail URGENT: logins from 5 places")
+    # the journey is still shown
+    assert "■ Previous login (estimated)\nJapan\nAbout 10,900 km away, 1.5 hours" in (
+        renderer.render(both).body
+    )
+
+
+@pytest.mark.parametrize("language", ["ja", "en"])
+@pytest.mark.parametrize("web", [None, WEB])
+def test_urgent_sms_stay_short(language: str, web: WebConfig | None) -> None:
+    renderer = Renderer(config(language=language), web)
+    # a real notice id (a ULID) makes the links as long as they get
+    for notice in (
+        make_notice(),
+        travel_notice(),
+        travel_notice(country="US", travel=Travel("JP", 10900, 1.5)),
+        spread_notice(),
+    ):
+        short = renderer.render(notice).short.strip()
+        assert len(short) <= SMS_LIMITS[language], (len(short), short)
+        assert short.count("https://") == 1
+
+
+def test_the_new_context() -> None:
+    renderer = Renderer(config())
+    values = renderer.variables(travel_notice(), "ja")
+    assert values["travel"] == {
+        "from_country": "JP",
+        "from_country_name": "日本",
+        "km": "17,402",
+        "hours": "2.5",
+        "minutes": None,
+    }
+    assert values["spread"] == []
+    en = renderer.variables(travel_notice(travel=Travel("us", 950.4, 0.25)), "en")
+    assert en["travel"] == {
+        "from_country": "US",
+        "from_country_name": "United States",
+        "km": "950",
+        "hours": "0.2",
+        "minutes": 15,
+    }
+    spread = renderer.variables(spread_notice(), "en")["spread"]
+    assert spread[0] == {
+        "country": "DE",
+        "country_name": "Germany",
+        "provider": "Hetzner Online",
+        "current": False,
+    }
+    assert [p["current"] for p in spread] == [False, False, False, True, False]
+    assert spread[-1] == {
+        "country": None,
+        "country_name": None,
+        "provider": None,
+        "current": False,
+    }
+    # the figures show only with their reason
+    quiet = renderer.variables(travel_notice(reasons=(Reason.NEW_COUNTRY,), spread=SPREAD), "en")
+    assert quiet["travel"] is None and quiet["spread"] == []
+
+
+def test_other_reasons_show_no_journey_or_places(notice: Notice) -> None:
+    renderer = Renderer(config())
+    for language in ("ja", "en"):
+        body = renderer.render(notice, Recipient(language=language)).body
+        for words in ("■前回のログイン", "直近1時間", "Previous login", "Places used", "至急"):
+            assert words not in body
+
+
+def test_check_renders_the_journey_and_the_places(tmp_path: Path) -> None:
+    # the sample notices carry a journey and places, so a wrong attribute is found at start
+    write_template(tmp_path, "en", "{% if travel %}{{ travel.speed }}{% endif %}ok\n")
+    with pytest.raises(TemplateError, match="speed"):
+        Renderer(config(templates_dir=str(tmp_path)))
+    write_template(tmp_path, "en", "{% for p in spread %}{{ p.asn }}{% endfor %}ok\n")
+    with pytest.raises(TemplateError, match="asn"):
+        Renderer(config(templates_dir=str(tmp_path)))
+    write_template(
+        tmp_path,
+        "en",
+        "{{ travel.km if travel else '-' }} {% for p in spread %}{{ p.country_name }} "
+        "{{ p.provider }} {{ p.current }}{% endfor %}\n",
+    )
+    assert Renderer(config(templates_dir=str(tmp_path))).check() == []
+
+
+@pytest.mark.parametrize(
+    ("language", "window_s", "subject"),
+    [
+        ("ja", 1800.0, "【Example Mail】至急：直近30分に5か所からのログイン"),
+        ("ja", 7200.0, "【Example Mail】至急：直近2時間に5か所からのログイン"),
+        ("en", 1800.0, "Urgent: logins to Example Mail from 5 places within the last 30 minutes"),
+        ("en", 7200.0, "Urgent: logins to Example Mail from 5 places within the last 2 hours"),
+    ],
+)
+def test_many_origins_names_the_admins_window(language: str, window_s: float, subject: str) -> None:
+    message = Renderer(config(language=language), WEB, window_s).render(spread_notice())
+    assert message.subject == subject

@@ -173,7 +173,7 @@ def check_config(args: argparse.Namespace) -> int:
     config = load(args.config)
     problems: list[str] = []
     try:
-        problems.extend(Renderer(config.message, config.web).check())
+        problems.extend(Renderer(config.message, config.web, config.compromise.window_s).check())
     except TemplateError as exc:
         problems.append(f"message: {exc}")
     problems.extend(channel_problems(config))

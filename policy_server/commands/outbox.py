@@ -154,7 +154,7 @@ async def outbox_show(config: Config, notice_id: str, out: TextIO | None = None)
             return 1
         notice, deliveries = found
         contact = await store.contact(notice.account)
-    renderer = Renderer(config.message, config.web)
+    renderer = Renderer(config.message, config.web, config.compromise.window_s)
     by_name = {c.name: c for c in config.channels}
     shown: list[dict[str, Any]] = []
     for state in deliveries:

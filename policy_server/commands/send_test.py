@@ -73,7 +73,9 @@ async def send_test(
         )
         return 1
     notice = sample_notice(login, account)
-    message = Renderer(config.message, config.web).render(notice, recipient)
+    message = Renderer(config.message, config.web, config.compromise.window_s).render(
+        notice, recipient
+    )
     await channel.open()
     try:
         await channel.send(notice, message, recipient)

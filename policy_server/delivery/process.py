@@ -24,7 +24,7 @@ log = logging.getLogger("policy_server.worker")
 
 async def run_worker(config: Config) -> None:
     """Deliver queued notices until SIGTERM or SIGINT."""
-    renderer = Renderer(config.message, config.web)
+    renderer = Renderer(config.message, config.web, config.compromise.window_s)
     store = await open_store(config.storage)
     channels: dict[str, Channel] = {}
     try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.resources
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,12 @@ import jinja2
 import jinja2.meta
 from babel import Locale, UnknownLocaleError
 from babel.core import get_global
-from babel.dates import format_datetime, get_timezone_location
+from babel.dates import format_datetime, format_timedelta, get_timezone_location
+from babel.numbers import format_decimal
 
 from ..client import Client
 from ..config import MessageConfig, WebConfig
-from ..model import Notice, Reason, Recipient
+from ..model import Notice, Reason, Recipient, Travel
 from ..web.tokens import NoticeLinks, links
 
 TEMPLATE_FILE = "notice.txt"
@@ -66,6 +67,16 @@ TEMPLATE_VARIABLES = frozenset(
         "network_label",
         # the mail program its IMAP ID named ("Thunderbird 128"), "" when unknown
         "client",
+        # impossible_travel (else None): the journey from the previous login's place to this
+        # one's (country_name): from_country, from_country_name, km ("10,123"), hours ("2.5")
+        # and minutes (an int when under an hour, else None)
+        "travel",
+        # many_origins (else []): the places of the account's logins in the window, each with
+        # country, country_name, provider ("Example Networks AS64500", None when unknown) and
+        # current (this notice's login)
+        "spread",
+        # [compromise] window_s in words ("1時間"; "hour", "30 minutes" in English)
+        "window",
         # the owner's links ("" when [web] has none): both answers, and the page with both
         "confirm_url",
         "deny_url",
@@ -136,6 +147,37 @@ SAMPLE_NOTICES = (
         asn=None,
         as_org=None,
         prefix="198.51.100.0/24",
+    ),
+    Notice(
+        id="sample-travel",
+        account="user@example.jp",
+        login="user@example.jp",
+        reasons=(Reason.NEW_COUNTRY, Reason.NEW_CLIENT, Reason.IMPOSSIBLE_TRAVEL),
+        protocol="imap",
+        remote="203.0.113.80",
+        time=datetime(2020, 3, 10, 23, 0, 0, tzinfo=UTC),
+        country="BR",
+        asn=64520,
+        as_org="Example Telecom",
+        prefix="203.0.113.0/24",
+        client=Client("Outlook", "16.0"),
+        travel=Travel("JP", 17400.4, 2.5),
+    ),
+    Notice(
+        id="sample-spread",
+        account="user@example.jp",
+        login="user@example.jp",
+        reasons=(Reason.NEW_PROVIDER, Reason.IMPOSSIBLE_TRAVEL, Reason.MANY_ORIGINS),
+        protocol="submission",
+        remote="198.51.100.30",
+        time=datetime(2020, 3, 10, 23, 30, 0, tzinfo=UTC),
+        country="JP",
+        asn=64530,
+        as_org="Example Cloud",
+        prefix="198.51.100.0/24",
+        # an unknown previous country, less than an hour
+        travel=Travel(None, 900.0, 0.4),
+        spread=("?? unknown", "JP AS64530", "US AS64510", "DE org:Example Org"),
     ),
 )
 
@@ -213,9 +255,13 @@ class Renderer:
     when it has no ``public_url`` and ``secret``, they are empty.
     """
 
-    def __init__(self, config: MessageConfig, web: WebConfig | None = None) -> None:
+    def __init__(
+        self, config: MessageConfig, web: WebConfig | None = None, window_s: float = 3600.0
+    ) -> None:
         self._config = config
         self._web = web
+        # [compromise] window_s: the time many_origins counted places in
+        self._window_s = window_s
         self._tz = ZoneInfo(config.timezone)
         package_root = importlib.resources.files("policy_server.delivery").joinpath("templates")
         loaders: list[jinja2.BaseLoader] = []
@@ -374,6 +420,13 @@ class Renderer:
             "network": notice.network,
             "network_label": notice.network_label,
             "client": notice.client.label if notice.client else "",
+            "travel": (
+                _travel(notice.travel, locale)
+                if notice.travel is not None and Reason.IMPOSSIBLE_TRAVEL in notice.reasons
+                else None
+            ),
+            "spread": _spread(notice, locale) if Reason.MANY_ORIGINS in notice.reasons else [],
+            "window": window_text(self._window_s, locale),
             "confirm_url": owner_links.confirm if owner_links else "",
             "deny_url": owner_links.deny if owner_links else "",
             "page_url": owner_links.page if owner_links else "",
@@ -441,6 +494,68 @@ class Renderer:
                     problems.append(f"{filename}: renders an empty message")
                     break
         return problems
+
+
+def _country_name(code: str | None, locale: Locale) -> str | None:
+    """A country code's name in ``locale``; None when unknown, a code Babel does not know, or
+    ``ZZ`` (which Babel would call an "Unknown Region")."""
+    if not code or code.upper() == "ZZ":
+        return None
+    return locale.territories.get(code.upper())
+
+
+def _travel(travel: Travel, locale: Locale) -> dict[str, Any]:
+    """What a template sees of an impossible journey: the figures rounded for a reader."""
+    minutes = round(max(0.0, travel.hours) * 60)
+    return {
+        "from_country": travel.from_country.upper() if travel.from_country else None,
+        "from_country_name": _country_name(travel.from_country, locale),
+        "km": format_decimal(round(max(0.0, travel.km)), locale=locale),
+        "hours": format_decimal(round(max(0.0, travel.hours), 1), "0.0", locale=locale),
+        "minutes": minutes if minutes < 60 else None,
+    }
+
+
+def window_text(seconds: float, locale: Locale) -> str:
+    """A time span as the messages name it: "1時間", "30分"; in English "hour", "30 minutes"
+    (for "within the last hour")."""
+    text = str(
+        format_timedelta(timedelta(seconds=seconds), threshold=1, format="long", locale=locale)
+    )
+    if locale.language == "en" and text.startswith("1 "):
+        return text[2:]
+    if locale.language in ("ja", "zh", "ko"):
+        return text.replace(" ", "")  # "1 時間" -> "1時間"
+    return text
+
+
+def _spread(notice: Notice, locale: Locale) -> list[dict[str, Any]]:
+    """The places of a many_origins notice (``"JP AS2516"``, ``"?? unknown"``, ``"US
+    org:Name"``), named for a reader, those with a known country first."""
+    places = []
+    for entry in notice.spread:
+        code, _, provider_id = entry.strip().partition(" ")
+        country = code.upper() if code and code != "??" else None
+        provider: str | None = provider_id.strip() or None
+        if provider == "unknown":
+            provider = None
+        elif provider and provider.startswith("org:"):
+            provider = provider.removeprefix("org:").strip() or None
+        elif provider and provider == notice.provider and notice.as_org:
+            # the login's own provider: its AS organisation is known too
+            provider = f"{notice.as_org} {provider}"
+        places.append(
+            {
+                "country": country,
+                "country_name": _country_name(country, locale),
+                "provider": provider,
+                "current": (
+                    country == (notice.country.upper() if notice.country else None)
+                    and provider_id.strip() == (notice.provider or "unknown")
+                ),
+            }
+        )
+    return sorted(places, key=lambda place: place["country_name"] is None)
 
 
 def _aware(when: datetime) -> datetime:

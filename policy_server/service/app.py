@@ -78,7 +78,9 @@ def reload_templates(app: web.Application) -> bool:
     """Compile the templates again; broken ones are refused and the ones in use stay."""
     worker = app.get(keys.WORKER)
     try:
-        renderer = Renderer(app[keys.CONFIG].message, app[keys.CONFIG].web)
+        renderer = Renderer(
+            app[keys.CONFIG].message, app[keys.CONFIG].web, app[keys.CONFIG].compromise.window_s
+        )
     except TemplateError as exc:
         log.error("templates not reloaded, keeping those in use: %s", exc)
         return False
@@ -121,7 +123,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _channels_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    app[keys.RENDERER] = Renderer(config.message, config.web)
+    app[keys.RENDERER] = Renderer(config.message, config.web, config.compromise.window_s)
     channels: dict[str, Channel] = {}
     for channel_config in config.channels:
         channel = build_channel(channel_config)
