@@ -56,6 +56,7 @@ COMMANDS = {
     ("history", "show"),
     ("history", "export"),
     ("history", "forget"),
+    ("account",),
     ("blocks", "list"),
     ("blocks", "add"),
     ("blocks", "clear"),

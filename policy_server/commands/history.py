@@ -15,9 +15,10 @@ from typing import Any, TextIO, TypeAlias
 
 from ..accounts import is_exempt, normalize_login
 from ..config import Config
-from ..model import History, KnownOrigin
+from ..model import AccountSettings, History, KnownOrigin
 from ..policy import live_origins
 from ..store.base import AccountRecord
+from .account import describe
 from .cli import Handler, Subparsers, add_command, add_group, config_command
 from .session import store_session
 
@@ -96,6 +97,15 @@ async def history_show(config: Config, login: str, out: TextIO | None = None) ->
         print(
             "exempt from notices ([accounts] exempt): logins are learned, never notified", file=out
         )
+    settings = AccountSettings(
+        **{
+            k: record["settings"][k]
+            for k in ("notices", "trip_country", "trip_until", "alerted_at")
+        }
+    )
+    for line in describe(account["account"], settings, config, time.time()):
+        if not line.startswith("exempt"):
+            print(line, file=out)
     contact = record["contact"]
     if contact:
         print(
@@ -112,6 +122,8 @@ async def history_show(config: Config, login: str, out: TextIO | None = None) ->
         state = "known" if known in live else "forgotten (unused while others were)"
         if row.get("confirmed") is not None:
             state += f", confirmed by the owner {_short(row['confirmed'])}"
+        if row.get("clients"):
+            state += f"; programs: {', '.join(row['clients'])}"
         print(
             f"  {row['prefix']:<20} {row['country'] or '??':<3} {provider}  "
             f"{_short(row['first_seen'])} .. {_short(row['last_seen'])}  "
@@ -173,6 +185,8 @@ async def history_export(config: Config, login: str, out: TextIO | None = None) 
         row["created"], row["until"] = _iso(row["created"]), _iso(row["until"])
     for row in record["feedback"]:
         row["at"] = _iso(row["at"])
+    for key in ("trip_until", "alerted_at"):
+        record["settings"][key] = _iso(record["settings"][key])
     print(json.dumps(record, ensure_ascii=False, indent=2), file=out)
     return 0
 

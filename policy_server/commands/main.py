@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 
 from .. import __version__
 from . import (
+    account,
     blocks,
     check_config,
     contacts,
@@ -37,6 +38,7 @@ GROUPS = (
     outbox,  # outbox counts|list|show|retry|purge|held|release|discard
     control,  # pause, resume, breaker status|close
     history,  # history show|export|forget
+    account,
     blocks,  # blocks list|add|clear
     import_log,
     replay,
