@@ -11,6 +11,7 @@ import io
 import json
 import sys
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -34,7 +35,7 @@ from support import free_port
 
 from policy_server.commands.history import history_export, history_forget, history_show
 from policy_server.delivery.rules import quiet_until
-from policy_server.model import Reason
+from policy_server.model import AccountSettings, Reason
 from policy_server.policy import Decision, from_blocked
 from policy_server.service import keys
 from policy_server.store.base import Answer, BlockKind, BlockTarget, Contact
@@ -352,3 +353,47 @@ async def test_answers_show_in_history_and_go_with_forget(
     assert await history_forget(config, "alice@example.jp", forgot) == 0
     assert "1 feedback" in forgot.getvalue()
     assert await svc.client.app[keys.STORE].answer_to(notice["id"]) is None
+
+
+async def test_the_owner_turns_notices_off_and_declares_a_trip_by_post_only(
+    running: Callable[..., Awaitable[Running]], owner: Callable[[str], Owner]
+) -> None:
+    svc = await running()
+    store = svc.client.app[keys.STORE]
+    notice = await unusual_notice(svc)
+    site = "http://127.0.0.1:" + svc.public_url.split(":")[2].split("/")[0]
+    browser = owner(site)
+    url = notice["links"]["confirm"]
+    status, html, _ = await browser.get(url)
+    assert status == 200 and 'data-notices="on"' in html and 'id="trip-declare"' in html
+    # looking changes nothing; a form without its CSRF value is refused
+    assert await store.settings("alice@example.jp") == AccountSettings()
+    form = read_form(html)
+    assert form.action is not None
+    target = urllib.parse.urljoin(url, form.action)
+    status, _ = await browser.post(target, {"t": form.fields["t"], "setting": "notices_off"})
+    assert status == 403
+    assert await store.settings("alice@example.jp") == AccountSettings()
+    status, html = await browser.post(target, {**form.fields, "setting": "notices_off"})
+    assert status == 200 and 'data-result="saved"' in html
+    assert (await store.settings("alice@example.jp")).notices is False
+    # a login from a new country now makes no notice
+    await svc.report("alice@example.jp", "192.0.2.7")
+    record = await store.account_record("alice@example.jp")
+    assert record is not None and record["decisions"][0]["note"] == "notices off"
+    # a trip: a bad code or a past day is refused, a good one saved and shown
+    for bad in (
+        {"country": "France", "until": "2999-01-01"},
+        {"country": "FR", "until": "2001-01-01"},
+    ):
+        status, _ = await browser.post(target, {**form.fields, "setting": "trip", **bad})
+        assert status == 400
+    fields = {**form.fields, "setting": "trip", "country": "fr", "until": "2999-12-31"}
+    status, html = await browser.post(target, fields)
+    assert status == 200
+    chosen = await store.settings("alice@example.jp")
+    assert (chosen.notices, chosen.trip_country) == (False, "FR")
+    status, html, _ = await browser.get(url)
+    assert 'data-notices="off"' in html and "フランス" in html and "2999-12-31まで" in html
+    status, html = await browser.post(target, {**form.fields, "setting": "trip_end"})
+    assert (await store.settings("alice@example.jp")).trip_country is None

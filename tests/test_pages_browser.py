@@ -202,3 +202,32 @@ async def test_tampered_foreign_and_expired_links_are_refused(
         assert not await page.all("form")
     assert await svc.client.app[keys.STORE].answer_to(notice["id"]) is None
     assert await svc.allow("hank@example.jp", ABROAD) == ALLOWED
+
+
+async def test_an_owner_turns_notices_off_and_declares_a_trip(
+    running: Callable[..., Awaitable[Running]], browser: Any
+) -> None:
+    svc = await running()
+    store = svc.client.app[keys.STORE]
+    notice = await unusual_notice(svc, "hana@example.jp")
+    page = Page(browser)
+    await page.open(notice["links"]["confirm"])
+    state = await page.find("#notices-state")
+    assert await asyncio.to_thread(state.get_attribute, "data-notices") == "on"
+    # looking changed nothing
+    assert (await store.settings("hana@example.jp")).notices is True
+    await page.click("#notices-off")
+    result = await page.find("#result")
+    assert await asyncio.to_thread(result.get_attribute, "data-result") == "saved"
+    assert (await store.settings("hana@example.jp")).notices is False
+    await page.open(notice["links"]["confirm"])
+    state = await page.find("#notices-state")
+    assert await asyncio.to_thread(state.get_attribute, "data-notices") == "off"
+    country = await page.find("#trip-country")
+    await asyncio.to_thread(country.send_keys, "fr")
+    await page.script("document.getElementById('trip-until').value = '2999-12-31'")
+    await page.click("#trip-declare")
+    assert (await store.settings("hana@example.jp")).trip_country == "FR"
+    await page.open(notice["links"]["confirm"])
+    assert "2999-12-31" in await page.text("#trip-state")
+    assert not await page.all("input[type=password]")

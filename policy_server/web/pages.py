@@ -16,10 +16,12 @@ import contextlib
 import hashlib
 import importlib.resources
 import logging
+import re
 import time
 import urllib.parse
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -31,7 +33,7 @@ from babel.dates import format_datetime
 from ..config import Config
 from ..delivery.render import TIME_FORMAT, Renderer
 from ..logs import RateLimitedLog
-from ..model import Notice, Recipient
+from ..model import AccountSettings, Notice, Recipient
 from ..service import listen
 from ..service.response import Responder
 from ..store.base import (
@@ -56,6 +58,19 @@ RECENT_S: Final = 30 * 86400.0
 MAX_FORM_BYTES: Final = 8192
 #: link action -> the answers its page offers
 BUTTONS: Final = {"confirm": ("confirm",), "deny": ("deny",), "page": ("confirm", "deny")}
+#: the owner's choices the pages take (a form's ``setting``)
+SETTINGS: Final = ("notices_off", "notices_on", "trip", "trip_end")
+
+
+def _day_end(text: str, zone: ZoneInfo) -> float | None:
+    """The end of the day ``text`` (YYYY-MM-DD) in ``zone``; None for no date."""
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        return None
+    return datetime.combine(day + timedelta(days=1), datetime.min.time(), zone).timestamp()
+
+
 ANSWERS: Final = {"confirm": Answer.CONFIRMED, "deny": Answer.DENIED}
 
 _CSS: Final = (
@@ -87,6 +102,12 @@ class PageStore(Protocol):
     async def answer_to(self, notice_id: str) -> Feedback | None: ...
 
     async def account_record(self, account: str, decisions: int = 50) -> AccountRecord | None: ...
+
+    async def settings(self, account: str) -> AccountSettings: ...
+
+    async def save_settings(
+        self, account: str, settings: AccountSettings, now: float
+    ) -> AccountSettings: ...
 
 
 class _Refusal(Exception):
@@ -198,10 +219,13 @@ class OwnerPages:
         form = await request.post()
         token, given, answer = (str(form.get(k, "")) for k in ("t", "csrf", "answer"))
         notice, _ = await self._notice(token, action)
-        if answer not in BUTTONS[action]:
+        setting = str(form.get("setting", ""))
+        if answer not in BUTTONS[action] and setting not in SETTINGS:
             raise _Refusal(403, "form")
         if not csrf.form_ok(self._secret, request.cookies.get(csrf.COOKIE), token, given):
             raise _Refusal(403, "form")
+        if setting:
+            return await self._setting(notice, setting, form)
         answered = await self._responder.answer(notice, ANSWERS[answer])
         contact = await self._store.contact(notice.account)
         lang, words = self._words(contact)
@@ -221,6 +245,44 @@ class OwnerPages:
             message=message,
             block_until=self._time(until, lang, contact) if until else "",
             help_url=self._config.message.help_url,
+        )
+
+    async def _setting(
+        self, notice: Notice, setting: str, form: Mapping[str, Any]
+    ) -> web.StreamResponse:
+        """The owner's choice about their notices: on, off, a trip or its end."""
+        contact = await self._store.contact(notice.account)
+        lang, words = self._words(contact)
+        current = await self._store.settings(notice.account)
+        if setting == "notices_off":
+            chosen = replace(current, notices=False)
+        elif setting == "notices_on":
+            chosen = replace(current, notices=True)
+        elif setting == "trip_end":
+            chosen = replace(current, trip_country=None, trip_until=None)
+        else:
+            country = str(form.get("country", "")).strip().upper()
+            until = _day_end(str(form.get("until", "")), self._zone(contact))
+            if not re.fullmatch(r"[A-Z]{2}", country) or until is None or until <= time.time():
+                return self._page(
+                    400,
+                    "result.html",
+                    (lang, words),
+                    result="refused",
+                    message=words["setting_bad"],
+                    block_until="",
+                    help_url="",
+                )
+            chosen = replace(current, trip_country=country, trip_until=until)
+        await self._store.save_settings(notice.account, chosen, time.time())
+        return self._page(
+            200,
+            "result.html",
+            (lang, words),
+            result="saved",
+            message=words["saved"],
+            block_until="",
+            help_url="",
         )
 
     async def _notice(self, token: str, action: str) -> tuple[Notice, LinkToken]:
@@ -298,8 +360,17 @@ class OwnerPages:
                 ),
             }
         until = self._responder.block_until(notice, now)
+        chosen = await self._store.settings(notice.account)
+        trip = ""
+        if chosen.trip_country and chosen.trip_until is not None and chosen.trip_until > now:
+            last = datetime.fromtimestamp(chosen.trip_until - 1, self._zone(contact)).date()
+            trip = words["trip_state"].format(
+                country=locale.territories.get(chosen.trip_country, chosen.trip_country),
+                until=last.isoformat(),
+            )
         return {
             "_words": (lang, words),
+            "settings": {"notices": chosen.notices, "trip": trip},
             "access": access,
             "recent": recent,
             "answered": said,

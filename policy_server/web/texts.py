@@ -51,6 +51,23 @@ TEXTS: Final[dict[str, dict[str, str]]] = {
         "network_provider": "{provider} in {country}",
         "network_prefix": "the network {prefix}",
         "help": "If you are unsure what to do, see {help_url}",
+        "settings": "Your notice settings",
+        "notices_on_state": "Notices about unusual logins are on.",
+        "notices_off_state": "Notices about unusual logins are off.",
+        "notices_off_button": "Turn notices off",
+        "notices_on_button": "Turn notices on",
+        "trip_state": (
+            "Trip declared: {country} until {until}. New logins from there send no notice."
+        ),
+        "trip_none": "No trip declared.",
+        "trip_country": "Country (2 letters, e.g. FR)",
+        "trip_until": "Last day",
+        "trip_button": "Declare a trip",
+        "trip_end_button": "End the trip",
+        "saved": "Your settings are saved.",
+        "setting_bad": (
+            "The country must be a two-letter code and the last day a date from today on."
+        ),
     },
     "ja": {
         "title": "このアクセスはご本人ですか？",
@@ -107,6 +124,22 @@ TEXTS: Final[dict[str, dict[str, str]]] = {
         "network_provider": "{country}の{provider}",
         "network_prefix": "ネットワーク {prefix}",
         "help": "ご不明な点は次をご覧ください：{help_url}",
+        "settings": "お知らせの設定",
+        "notices_on_state": "不審なログインのお知らせは有効です。",
+        "notices_off_state": "不審なログインのお知らせは停止中です。",
+        "notices_off_button": "お知らせを停止する",
+        "notices_on_button": "お知らせを再開する",
+        "trip_state": (
+            "旅行の予定：{country}（{until}まで）。"
+            "この間、その国からの新しいログインはお知らせしません。"
+        ),
+        "trip_none": "旅行の予定はありません。",
+        "trip_country": "国（英字2文字、例：FR）",
+        "trip_until": "最終日",
+        "trip_button": "旅行を登録する",
+        "trip_end_button": "旅行を終了する",
+        "saved": "設定を保存しました。",
+        "setting_bad": "国は英字2文字のコード、最終日は今日以降の日付で入力してください。",
     },
 }
 
