@@ -6,6 +6,8 @@ import fnmatch
 import functools
 import re
 import unicodedata
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from .config import AccountsConfig
 
@@ -39,3 +41,19 @@ def is_exempt(account: str, config: AccountsConfig) -> bool:
 def _exempt_pattern(config: AccountsConfig) -> re.Pattern[str]:
     keys = (normalize_login(pattern, config) for pattern in config.exempt)
     return re.compile("|".join(f"(?:{fnmatch.translate(key)})" for key in keys))
+
+
+def trip_end(text: str, zone: ZoneInfo) -> float | None:
+    """When a trip whose last day is ``text`` (YYYY-MM-DD) ends: the end of that day in
+    ``zone``, as unix time; None when ``text`` is no date."""
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        return None
+    return datetime.combine(day + timedelta(days=1), datetime.min.time(), zone).timestamp()
+
+
+def country_code(text: str) -> str | None:
+    """A two-letter country code, upper case; None for anything else."""
+    code = text.strip().upper()
+    return code if re.fullmatch(r"[A-Z]{2}", code) else None

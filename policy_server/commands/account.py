@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from dataclasses import replace
-from datetime import date, datetime, timedelta
+from datetime import datetime
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
-from ..accounts import is_exempt, normalize_login
+from ..accounts import country_code, is_exempt, normalize_login, trip_end
 from ..config import Config
 from ..model import AccountSettings
 from .cli import CommandError, Subparsers, add_command, config_command
@@ -38,22 +37,19 @@ def register(commands: Subparsers) -> None:
     one.add_argument("--json", action="store_true", help="print the settings as JSON")
 
 
-def trip_end(day: str, zone: ZoneInfo, now: float) -> float:
-    """The end of ``day`` (YYYY-MM-DD) in ``zone``, as unix time; a CommandError for a malformed
-    or past day."""
-    try:
-        last = date.fromisoformat(day)
-    except ValueError:
-        raise CommandError(f"--until {day!r} is not a date (YYYY-MM-DD)", USAGE) from None
-    end = datetime.combine(last + timedelta(days=1), datetime.min.time(), zone).timestamp()
+def _trip_end(day: str, zone: ZoneInfo, now: float) -> float:
+    """The end of ``day`` in ``zone``; a CommandError for a malformed or past day."""
+    end = trip_end(day, zone)
+    if end is None:
+        raise CommandError(f"--until {day!r} is not a date (YYYY-MM-DD)", USAGE)
     if end <= now:
         raise CommandError(f"--until {day} is in the past", USAGE)
     return end
 
 
-def country_code(text: str) -> str:
-    code = text.strip().upper()
-    if not re.fullmatch(r"[A-Z]{2}", code):
+def _country(text: str) -> str:
+    code = country_code(text)
+    if code is None:
         raise CommandError(f"--travel {text!r} is not a two-letter country code (FR, JP)", USAGE)
     return code
 
@@ -71,8 +67,8 @@ def changed(settings: AccountSettings, args: argparse.Namespace, config: Config)
         zone = ZoneInfo(config.message.timezone)
         new = replace(
             new,
-            trip_country=country_code(args.travel),
-            trip_until=trip_end(args.until, zone, time.time()),
+            trip_country=_country(args.travel),
+            trip_until=_trip_end(args.until, zone, time.time()),
         )
     if args.no_travel:
         new = replace(new, trip_country=None, trip_until=None)

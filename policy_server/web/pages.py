@@ -16,12 +16,11 @@ import contextlib
 import hashlib
 import importlib.resources
 import logging
-import re
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -30,6 +29,7 @@ from aiohttp import web
 from babel import Locale
 from babel.dates import format_datetime
 
+from ..accounts import country_code, trip_end
 from ..config import Config
 from ..delivery.render import TIME_FORMAT, Renderer
 from ..logs import RateLimitedLog
@@ -60,15 +60,6 @@ MAX_FORM_BYTES: Final = 8192
 BUTTONS: Final = {"confirm": ("confirm",), "deny": ("deny",), "page": ("confirm", "deny")}
 #: the owner's choices the pages take (a form's ``setting``)
 SETTINGS: Final = ("notices_off", "notices_on", "trip", "trip_end")
-
-
-def _day_end(text: str, zone: ZoneInfo) -> float | None:
-    """The end of the day ``text`` (YYYY-MM-DD) in ``zone``; None for no date."""
-    try:
-        day = date.fromisoformat(text)
-    except ValueError:
-        return None
-    return datetime.combine(day + timedelta(days=1), datetime.min.time(), zone).timestamp()
 
 
 ANSWERS: Final = {"confirm": Answer.CONFIRMED, "deny": Answer.DENIED}
@@ -261,9 +252,9 @@ class OwnerPages:
         elif setting == "trip_end":
             chosen = replace(current, trip_country=None, trip_until=None)
         else:
-            country = str(form.get("country", "")).strip().upper()
-            until = _day_end(str(form.get("until", "")), self._zone(contact))
-            if not re.fullmatch(r"[A-Z]{2}", country) or until is None or until <= time.time():
+            country = country_code(str(form.get("country", "")))
+            until = trip_end(str(form.get("until", "")), self._zone(contact))
+            if country is None or until is None or until <= time.time():
                 return self._page(
                     400,
                     "result.html",
