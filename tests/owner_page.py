@@ -1,7 +1,8 @@
 """The account owner answering a notice's link, as a browser does: GET the page, POST its form.
 
-``answer_link(url, "deny")`` opens the link (the page sets the ``ps_csrf`` cookie and holds one
-form with the hidden fields ``t`` and ``csrf`` and a button per answer), then submits the form
+``answer_link(url, "deny")`` opens the link (the page sets the ``ps_csrf`` cookie and holds a
+form with the hidden fields ``t`` and ``csrf`` and a button per answer, then the forms of the
+owner's settings, all POSTs), then submits the answer's form
 with the chosen button, the cookie and the page's ``Origin``, and returns the result page.
 """
 
@@ -55,8 +56,9 @@ async def answer_link(url: str, answer: str) -> str:
             raise _fail(f"GET {url}: no {CSRF_COOKIE} cookie set", status, page)
         form = _Form()
         form.feed(page)
-        if len(form.forms) != 1 or form.forms[0][0] != "post":
-            raise _fail(f"GET {url}: not one <form method=post> but {form.forms}", status, page)
+        # the answer's form first, then the owner's settings; every one of them a POST
+        if not form.forms or any(method != "post" for method, _ in form.forms):
+            raise _fail(f"GET {url}: not only <form method=post> but {form.forms}", status, page)
         missing = {"t", "csrf"} - form.fields.keys()
         if missing:
             raise _fail(f"GET {url}: no hidden {sorted(missing)} in the form", status, page)
