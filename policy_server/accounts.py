@@ -9,6 +9,8 @@ import unicodedata
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from babel import Locale
+
 from .config import AccountsConfig
 
 
@@ -53,7 +55,27 @@ def trip_end(text: str, zone: ZoneInfo) -> float | None:
     return datetime.combine(day + timedelta(days=1), datetime.min.time(), zone).timestamp()
 
 
+#: CLDR's two-letter regions that ISO 3166-1 gives no country: groupings (EU, EZ, UN, QO), the
+#: codes reserved for other uses (AC, CP, CQ, DG, EA, IC, TA), pseudo-locales (XA, XB) and
+#: "unknown" (ZZ). Kosovo's XK, though user-assigned, stays: geo databases place logins there.
+_NO_COUNTRY = frozenset(
+    ("AC", "CP", "CQ", "DG", "EA", "EU", "EZ", "IC", "QO", "TA", "UN", "XA", "XB", "ZZ")
+)
+
+
+@functools.cache
+def _countries() -> frozenset[str]:
+    return frozenset(
+        code
+        for code in Locale("en").territories
+        if isinstance(code, str) and re.fullmatch("[A-Z]{2}", code) and code not in _NO_COUNTRY
+    )
+
+
 def country_code(text: str) -> str | None:
-    """A two-letter country code, upper case; None for anything else."""
+    """An ISO 3166-1 alpha-2 country code, upper case; None for anything else.
+
+    A code no geo database gives (``UK``, which is ``GB``; ``XX``) is refused, not stored: a
+    trip to it would never match a login and silence nothing."""
     code = text.strip().upper()
-    return code if re.fullmatch(r"[A-Z]{2}", code) else None
+    return code if code in _countries() else None

@@ -75,6 +75,7 @@ READ_ONLY = [
     ["breaker", "status"],
     ["history", "show", "bob"],
     ["history", "export", "bob"],
+    ["account", "bob"],
     ["blocks", "list"],
     ["send-test", "bob", "--channel", "log"],
 ]
@@ -427,6 +428,7 @@ def test_read_only_commands_leave_an_old_schema_alone(
         ["resume"],
         ["breaker", "close"],
         ["history", "forget", "bob"],
+        ["account", "bob", "--notices", "off"],
         ["migrate"],
     ],
     ids=lambda command: " ".join(command[:2]),

@@ -397,3 +397,104 @@ async def test_the_owner_turns_notices_off_and_declares_a_trip_by_post_only(
     assert 'data-notices="off"' in html and "フランス" in html and "2999-12-31まで" in html
     status, html = await browser.post(target, {**form.fields, "setting": "trip_end"})
     assert (await store.settings("alice@example.jp")).trip_country is None
+
+
+async def test_the_settings_forms_are_refused_without_their_checks(
+    running: Callable[..., Awaitable[Running]], owner: Callable[[str], Owner]
+) -> None:
+    svc = await running()
+    store = svc.client.app[keys.STORE]
+    notice = await unusual_notice(svc)
+    site = "http://127.0.0.1:" + svc.public_url.split(":")[2].split("/")[0]
+    browser = owner(site)
+    url = notice["links"]["deny"]
+    # a GET carrying a form's fields (a crafted link, a scanner) changes nothing
+    crafted = url + "&" + urllib.parse.urlencode({"setting": "notices_off", "country": "US"})
+    for _ in range(2):
+        status, html, _ = await browser.get(crafted)
+        assert status == 200 and 'data-notices="on"' in html
+    form = read_form(html)
+    assert form.action is not None
+    target = urllib.parse.urljoin(url, form.action)
+    trip = {"setting": "trip", "country": "US", "until": "2999-12-31"}
+    tampered = form.fields["t"][:-2] + ("AA" if form.fields["t"][-2:] != "AA" else "BB")
+    for status_wanted, fields, origin in (
+        # no CSRF field, a forged one, a foreign site's Origin, a changed token
+        (403, {"t": form.fields["t"], "setting": "notices_off"}, None),
+        (403, {**form.fields, "csrf": "forged", "setting": "notices_off"}, None),
+        (403, {**form.fields, **trip}, "https://evil.example"),
+        (403, {**form.fields, "t": tampered, "setting": "notices_off"}, None),
+        # no such setting, even beside an answer this page offers
+        (403, {**form.fields, "setting": "everything_off"}, None),
+        (403, {**form.fields, **trip, "setting": "everything_off", "answer": "deny"}, None),
+    ):
+        status, _ = await browser.post(target, fields, origin)
+        assert status == status_wanted, fields
+    # the right fields without the page's cookie (another browser) are refused too
+    status, _ = await owner(site).post(target, {**form.fields, "setting": "notices_off"})
+    assert status == 403
+    assert await store.settings("alice@example.jp") == AccountSettings()
+    assert await store.answer_to(notice["id"]) is None
+    assert await svc.allow("alice@example.jp", ABROAD) == ALLOWED
+    # the page's own forms work, from the deny link's page as well
+    status, html = await browser.post(target, {**form.fields, "setting": "notices_off"})
+    assert status == 200 and 'data-result="saved"' in html
+    assert (await store.settings("alice@example.jp")).notices is False
+    status, html = await browser.post(target, {**form.fields, "setting": "notices_on"})
+    assert status == 200 and (await store.settings("alice@example.jp")).notices is True
+    # a saved setting is no answer: the notice is still unanswered, nothing blocked
+    assert await store.answer_to(notice["id"]) is None
+    assert await svc.allow("alice@example.jp", ABROAD) == ALLOWED
+
+
+async def test_a_trip_declared_on_the_page_silences_that_country_until_its_end(
+    running: Callable[..., Awaitable[Running]], owner: Callable[[str], Owner]
+) -> None:
+    svc = await running()
+    store = svc.client.app[keys.STORE]
+    await store.upsert_contacts(
+        [Contact("carol@example.jp", language="en", timezone="Europe/Berlin")], time.time()
+    )
+    await svc.notice("carol@example.jp", HOME)
+    # a login from a new country: the notice whose page the owner opens
+    notice = await svc.notice("carol@example.jp", "192.0.2.7")
+    site = "http://127.0.0.1:" + svc.public_url.split(":")[2].split("/")[0]
+    browser = owner(site)
+    url = notice["links"]["confirm"]
+    status, html, _ = await browser.get(url)
+    assert status == 200 and '<html lang="en">' in html
+    assert "Notices about unusual logins are on." in html and "No trip declared." in html
+    assert 'type="password"' not in html
+    form = read_form(html)
+    assert form.action is not None
+    target = urllib.parse.urljoin(url, form.action)
+    for bad in ({"country": "UK", "until": "2999-12-31"}, {"country": "US", "until": "soon"}):
+        status, html = await browser.post(target, {**form.fields, "setting": "trip", **bad})
+        assert status == 400 and "GB for the United Kingdom" in html
+    assert await store.settings("carol@example.jp") == AccountSettings()
+    # the last day is a day of the owner's own time zone
+    berlin = ZoneInfo("Europe/Berlin")
+    last = (datetime.now(berlin) + timedelta(days=2)).date()
+    fields = {**form.fields, "setting": "trip", "country": "us", "until": last.isoformat()}
+    status, html = await browser.post(target, fields)
+    assert status == 200 and "Your settings are saved." in html
+    chosen = await store.settings("carol@example.jp")
+    end = datetime.combine(last + timedelta(days=1), datetime.min.time(), berlin).timestamp()
+    assert (chosen.notices, chosen.trip_country, chosen.trip_until) == (True, "US", end)
+    status, html, _ = await browser.get(url)
+    assert f"Trip declared: United States until {last.isoformat()}." in html
+    assert 'id="trip-end"' in html
+    # a new origin in the United States is learned without a notice
+    sent = len(svc.hook.received)
+    await svc.report("carol@example.jp", ABROAD)
+    record = await store.account_record("carol@example.jp")
+    assert record is not None and record["decisions"][0]["note"] == "on a declared trip"
+    assert not record["decisions"][0]["notified"]
+    assert len(svc.hook.received) == sent
+    # ended on the page: the form to declare one is back
+    status, html = await browser.post(target, {**form.fields, "setting": "trip_end"})
+    assert status == 200
+    chosen = await store.settings("carol@example.jp")
+    assert (chosen.trip_country, chosen.trip_until) == (None, None)
+    status, html, _ = await browser.get(url)
+    assert "No trip declared." in html and 'id="trip-declare"' in html

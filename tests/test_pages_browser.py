@@ -13,8 +13,10 @@ import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from pages_support import ABROAD, ALLOWED, REFUSED, SECRET, Running, running, unusual_notice
@@ -227,7 +229,25 @@ async def test_an_owner_turns_notices_off_and_declares_a_trip(
     await asyncio.to_thread(country.send_keys, "fr")
     await page.script("document.getElementById('trip-until').value = '2999-12-31'")
     await page.click("#trip-declare")
-    assert (await store.settings("hana@example.jp")).trip_country == "FR"
+    result = await page.find("#result")
+    assert await asyncio.to_thread(result.get_attribute, "data-result") == "saved"
+    chosen = await store.settings("hana@example.jp")
+    # through the whole last day, in the owner's time zone (here [message] timezone's)
+    end = datetime(3000, 1, 1, tzinfo=ZoneInfo("Asia/Tokyo")).timestamp()
+    assert (chosen.notices, chosen.trip_country, chosen.trip_until) == (False, "FR", end)
     await page.open(notice["links"]["confirm"])
+    assert "フランス" in await page.text("#trip-state")
     assert "2999-12-31" in await page.text("#trip-state")
     assert not await page.all("input[type=password]")
+    # and both undone through the page
+    await page.click("#trip-end")
+    await page.open(notice["links"]["confirm"])
+    await page.click("#notices-on")
+    chosen = await store.settings("hana@example.jp")
+    assert (chosen.notices, chosen.trip_country, chosen.trip_until) == (True, None, None)
+    await page.open(notice["links"]["confirm"])
+    state = await page.find("#notices-state")
+    assert await asyncio.to_thread(state.get_attribute, "data-notices") == "on"
+    assert await page.all("#trip-declare")
+    # none of it was an answer to the notice
+    assert await store.answer_to(notice["id"]) is None

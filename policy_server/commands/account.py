@@ -7,6 +7,7 @@ import json
 import time
 from dataclasses import replace
 from datetime import datetime
+from datetime import time as time_of_day
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
@@ -50,7 +51,11 @@ def _trip_end(day: str, zone: ZoneInfo, now: float) -> float:
 def _country(text: str) -> str:
     code = country_code(text)
     if code is None:
-        raise CommandError(f"--travel {text!r} is not a two-letter country code (FR, JP)", USAGE)
+        raise CommandError(
+            f"--travel {text!r} is not an ISO 3166 two-letter country code"
+            " (FR, JP; the United Kingdom is GB)",
+            USAGE,
+        )
     return code
 
 
@@ -75,14 +80,28 @@ def changed(settings: AccountSettings, args: argparse.Namespace, config: Config)
     return new
 
 
+def last_day(settings: AccountSettings, config: Config) -> str | None:
+    """The day (YYYY-MM-DD, in ``[message] timezone``) of the trip's last moment, None
+    without a trip."""
+    if not settings.trip_country or settings.trip_until is None:
+        return None
+    # trip_until is the first moment after that day
+    zone = ZoneInfo(config.message.timezone)
+    return datetime.fromtimestamp(settings.trip_until - 1, zone).date().isoformat()
+
+
 def describe(account: str, settings: AccountSettings, config: Config, now: float) -> list[str]:
     """The settings as ``account`` and ``history show`` print them."""
     zone = ZoneInfo(config.message.timezone)
     lines = [f"notices: {'on' if settings.notices else 'off (logins are learned, not notified)'}"]
-    if settings.trip_country and settings.trip_until is not None:
-        last = datetime.fromtimestamp(settings.trip_until - 1, zone).date().isoformat()
+    last = last_day(settings, config)
+    if last is not None and settings.trip_until is not None:
+        end = datetime.fromtimestamp(settings.trip_until, zone)
+        # a trip declared on the owner's page ends at midnight of the owner's time zone, which
+        # may be another: then the moment, not a day that would read as the whole of it
+        until = last if end.time() == time_of_day.min else f"{end:%Y-%m-%d %H:%M}"
         state = "" if settings.trip_until > now else " (over)"
-        lines.append(f"trip: {settings.trip_country} until {last} ({zone.key}){state}")
+        lines.append(f"trip: {settings.trip_country} until {until} ({zone.key}){state}")
     else:
         lines.append("trip: none")
     if is_exempt(account, config.accounts):
@@ -101,9 +120,8 @@ async def account(config: Config, args: argparse.Namespace, out: TextIO | None =
     """Show an account's settings, changed first as the options say."""
     key = normalize_login(args.login, config.accounts)
     # bad options are refused before the store is opened: nothing is written
-    writes = changed(AccountSettings(), args, config) != AccountSettings() or bool(
-        args.no_travel or args.notices
-    )
+    changed(AccountSettings(), args, config)
+    writes = bool(args.notices or args.travel or args.no_travel)
     async with store_session(config, migrate=writes) as store:
         settings = await store.settings(key)
         new = changed(settings, args, config)
@@ -113,6 +131,7 @@ async def account(config: Config, args: argparse.Namespace, out: TextIO | None =
         data: dict[str, Any] = {
             "account": key,
             **settings.as_dict(),
+            "trip_last_day": last_day(settings, config),
             "exempt": is_exempt(key, config.accounts),
         }
         print(json.dumps(data, ensure_ascii=False), file=out)

@@ -211,7 +211,9 @@ class OwnerPages:
         token, given, answer = (str(form.get(k, "")) for k in ("t", "csrf", "answer"))
         notice, _ = await self._notice(token, action)
         setting = str(form.get("setting", ""))
-        if answer not in BUTTONS[action] and setting not in SETTINGS:
+        # a form is one of the settings or else an answer this page offers
+        known = setting in SETTINGS if setting else answer in BUTTONS[action]
+        if not known:
             raise _Refusal(403, "form")
         if not csrf.form_ok(self._secret, request.cookies.get(csrf.COOKIE), token, given):
             raise _Refusal(403, "form")

@@ -66,7 +66,8 @@ TEXTS: Final[dict[str, dict[str, str]]] = {
         "trip_end_button": "End the trip",
         "saved": "Your settings are saved.",
         "setting_bad": (
-            "The country must be a two-letter code and the last day a date from today on."
+            "The country must be a two-letter country code (FR; GB for the United Kingdom)"
+            " and the last day a date from today on."
         ),
     },
     "ja": {
@@ -139,7 +140,10 @@ TEXTS: Final[dict[str, dict[str, str]]] = {
         "trip_button": "旅行を登録する",
         "trip_end_button": "旅行を終了する",
         "saved": "設定を保存しました。",
-        "setting_bad": "国は英字2文字のコード、最終日は今日以降の日付で入力してください。",
+        "setting_bad": (
+            "国は英字2文字の国コード（例：FR、イギリスはGB）、"
+            "最終日は今日以降の日付で入力してください。"
+        ),
     },
 }
 
