@@ -249,7 +249,6 @@ def decide(
     """
     if origin.network == "trusted":
         return Decision(note=f"trusted network {origin.network_label or ''}".strip())
-    identities = provider_identities(origin.provider, origin.as_org, policy)
     live = live_origins(history, policy) if not history.is_new else []
     settings = history.settings
     wide: tuple[str, ...] = ()
@@ -295,6 +294,10 @@ def decide(
         notify, note = urgent, "learning"
     elif not notify and not note:
         note = "not in policy.notify"
+    # the provider's names are for joining another notice: only a notifying login needs them
+    identities = (
+        provider_identities(origin.provider, origin.as_org, policy) if notify else frozenset()
+    )
     return Decision(reasons, notify, note, travel, wide, identities)
 
 

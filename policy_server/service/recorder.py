@@ -42,6 +42,8 @@ class Prepared:
     history: History | None = None
     # the account's block the origin is in (a login that should have been refused)
     blocked: BlockTarget | None = None
+    # the mail program the login's IMAP ID names
+    client: Client | None = None
 
 
 class BlockedOrigins(Protocol):
@@ -135,16 +137,17 @@ class LoginRecorder:
             return Prepared(account, None, at)
         origin = self.origin(event.remote)
         self._on_origin(origin)
+        client = _client(event)
         blocked = self._blocked(account, origin, at)
         if blocked is not None:
             # never a fresh repeat: the login makes an urgent notice
-            return Prepared(account, origin, at, blocked=blocked)
+            return Prepared(account, origin, at, blocked=blocked, client=client)
         if self._immediate is None:
-            return Prepared(account, origin, at)
+            return Prepared(account, origin, at, client=client)
         history = self._immediate.history_now(account)
-        if self._fresh_repeat(history, origin, at, _client(event)):
+        if self._fresh_repeat(history, origin, at, client):
             return Outcome(decision=KNOWN)
-        return Prepared(account, origin, at, history)
+        return Prepared(account, origin, at, history, client=client)
 
     def _blocked(self, account: str, origin: Origin, at: float) -> BlockTarget | None:
         """The account's block ``origin`` is in, when no login from it made a notice in the
@@ -211,7 +214,7 @@ class LoginRecorder:
         # a store that reads without waiting was already asked in begin
         elif prepared.history is None:
             history = await self._store.history(account)
-            if self._fresh_repeat(history, origin, at, _client(event)):
+            if self._fresh_repeat(history, origin, at, prepared.client):
                 return Outcome(decision=KNOWN)
         delivery = self._config.delivery
         outcome = await self._store.record_success(
@@ -222,7 +225,7 @@ class LoginRecorder:
                 remote=event.remote,
                 origin=origin,
                 at=at,
-                client=_client(event),
+                client=prepared.client,
             ),
             decide,
             self._channels,

@@ -13,7 +13,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -200,14 +200,22 @@ class _Waiting:
     created: float
     payload: str
     row: int | None = None
+    # the payload with what later logins added to it (None: nothing, it is not rewritten)
     joined: dict[str, Any] | None = None
+    _data: dict[str, Any] | None = field(default=None, repr=False)
+
+    def data(self) -> dict[str, Any]:
+        """The payload, parsed once (changed in place by ``join``)."""
+        if self._data is None:
+            self._data = json.loads(self.payload)
+        return self._data
 
     def same_place(self, country: str | None, decision: Decision, client: Client | None) -> bool:
         """Whether a notifying login from ``country`` is about the place of this notice: the
         same country, and the same provider (by any of its names) or the same mail program
         (an IPv6 and an IPv4 login of one dual-stack network, often in two ASNs of a carrier).
         A notice of an urgent reason takes no other login in."""
-        data = json.loads(self.payload) if self.joined is None else self.joined
+        data = self.data()
         if country is None or data.get("country") != country:
             return False
         if any(Reason(r) in URGENT for r in data.get("reasons", ())):
@@ -219,7 +227,7 @@ class _Waiting:
 
     def join(self, protocol: str) -> None:
         """Name ``protocol`` among the notice's services, unless it is there already."""
-        data = json.loads(self.payload) if self.joined is None else self.joined
+        data = self.data()
         protocols = list(data.get("protocols") or [data["protocol"]])
         if protocol and protocol not in protocols:
             data["protocols"] = [*protocols, protocol]
@@ -395,9 +403,7 @@ def plan_batch(
         rows.origins.append(_origin_row(login.account, row, 1, inherited))
         rows.accounts.append((login.account, login.at, login.at))
         if Reason.MANY_ORIGINS in decision.reasons:
-            settings_by[login.account] = AccountSettings(
-                mine.notices, mine.trip_country, mine.trip_until, login.at
-            )
+            settings_by[login.account] = replace(mine, alerted_at=login.at)
             rows.alerts.append((login.account, login.at, login.at))
         notice_id: str | None = None
         joined: _Waiting | None = None
