@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
+import socket
 
 from ..model import AddressClass
 
@@ -73,3 +75,66 @@ def network_prefix(address: IPAddress, ipv4_bits: int, ipv6_bits: int) -> str:
     drop = 128 - ipv6_bits
     network = ipaddress.IPv6Address(int(address) >> drop << drop)
     return f"{network}/{ipv6_bits}"
+
+
+def _edges(version: int) -> tuple[int, ...]:
+    """The addresses where :func:`classify` can change its answer: the first address of each
+    network it (or ``ipaddress``) tests membership in, and the one after the last."""
+    # the tables ipaddress keeps its special networks in (not typed: private to the module)
+    constants = getattr(ipaddress, "_IPv4Constants" if version == 4 else "_IPv6Constants")
+    found: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = [
+        net for net in (_CGNAT, *_PRIVATE) if net.version == version
+    ]
+    # the unspecified and loopback addresses, which ipaddress tests by value for IPv6
+    found.append(ipaddress.ip_network("0.0.0.0/32" if version == 4 else "::/128"))
+    if version == 6:
+        found.append(ipaddress.ip_network("::1/128"))
+    for value in vars(constants).values():
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(item, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+                found.append(item)
+            elif isinstance(item, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+                found.append(ipaddress.ip_network(item))
+    edges = {int(net.network_address) for net in found}
+    edges.update(int(net.broadcast_address) + 1 for net in found)
+    return tuple(sorted(edges))
+
+
+_EDGES = {4: _edges(4), 6: _edges(6)}
+
+
+def one_class(first: int, bits: int, version: int) -> bool:
+    """Whether every address of the network of ``bits`` bits from address number ``first`` is
+    in one class (no edge of :func:`_edges` inside it): then :func:`classify` of any one of
+    them holds for all."""
+    size = 1 << ((32 if version == 4 else 128) - bits)
+    edges = _EDGES[version]
+    # the first edge above ``first``: inside the network, the class may change there
+    i = bisect.bisect_right(edges, first)
+    return i == len(edges) or edges[i] >= first + size
+
+
+def plain_ipv4(text: str) -> int:
+    """The number of an IPv4 address written the way Dovecot writes one (``203.0.113.7``), or
+    -1 for any other text (IPv6, brackets, leading zeros, spaces), which
+    :func:`parse_address` reads."""
+    if ":" in text:
+        return -1
+    try:
+        packed = socket.inet_aton(text) if text.count(".") == 3 else b""
+    except OSError:
+        return -1
+    if len(packed) != 4 or socket.inet_ntoa(packed) != text:
+        return -1
+    return int.from_bytes(packed)
+
+
+def is_address(text: str) -> bool:
+    """Whether ``text`` is a client address :func:`parse_address` accepts."""
+    if plain_ipv4(text) >= 0:
+        return True
+    try:
+        parse_address(text)
+    except AddressError:
+        return False
+    return True

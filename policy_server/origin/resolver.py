@@ -19,8 +19,8 @@ from typing import Any, NamedTuple
 
 from ..config import GeoipConfig
 from ..logs import RateLimitedLog
-from ..model import Location, Origin, provider_id
-from .address import IPAddress, classify, network_prefix, parse_address
+from ..model import AddressClass, Location, Origin, provider_id
+from .address import IPAddress, classify, network_prefix, one_class, parse_address, plain_ipv4
 from .backends import (
     AsnLookup,
     BundledData,
@@ -56,6 +56,8 @@ class _Placed(NamedTuple):
     as_org: str | None
     place: Place
     location: Location | None
+    # the class of every address of the prefix, when they all have one (see ``one_class``)
+    address_class: AddressClass | None
 
 
 class OriginResolver:
@@ -101,14 +103,35 @@ class OriginResolver:
 
     def resolve(self, text: str) -> Origin:
         """The origin of a client address; raises AddressError for text that is no address."""
+        # the common case: a plain IPv4 address of a prefix already placed, no known networks
+        number = -1 if self.networks else plain_ipv4(text)
+        if number >= 0:
+            hit = self._cache.get(self._key(number, True))
+            if hit is not None and hit.address_class is not None:
+                return Origin(
+                    text,
+                    hit.address_class,
+                    hit.prefix,
+                    hit.country,
+                    hit.asn,
+                    hit.as_org,
+                    location=hit.location,
+                )
         address = parse_address(text)
         # Every class is looked up: real data has no entry for private ranges, but an admin's
         # own database may map them.
-        prefix, country, asn, as_org, _, location = self._placed(address)
+        placed = self._placed(address)
+        prefix, country, asn, as_org, location = (
+            placed.prefix,
+            placed.country,
+            placed.asn,
+            placed.as_org,
+            placed.location,
+        )
         network = self.networks.match(address, asn) if self.networks else None
         return Origin(
             address=str(address),
-            address_class=classify(address),
+            address_class=placed.address_class or classify(address),
             prefix=prefix,
             country=country,
             asn=asn,
@@ -172,7 +195,9 @@ class OriginResolver:
                 self._errors.log(logging.WARNING, "asn", "ASN lookup failed: %s", exc)
         prefix = network_prefix(address, bits, bits)
         place = Place(prefix, country, provider_id(asn, as_org))
-        placed = _Placed(prefix, country, asn, as_org, place, location)
+        first = int(address) >> (address.max_prefixlen - bits) << (address.max_prefixlen - bits)
+        address_class = classify(address) if one_class(first, bits, address.version) else None
+        placed = _Placed(prefix, country, asn, as_org, place, location, address_class)
         # kept only when every answer holds for the whole prefix (a network no narrower)
         if all(width is not None and width <= bits for width in widths):
             if len(self._cache) >= CACHE_PREFIXES:
