@@ -6,7 +6,6 @@ All three may migrate the store: they are what an upgrade runs.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 
 from .. import __version__
@@ -48,7 +47,7 @@ def register(commands: Subparsers) -> None:
 def serve_command(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from ..service import listen
+    from ..service import eventloop, listen
     from ..service.app import create_app
 
     config = load(args.config)
@@ -80,9 +79,12 @@ def serve_command(args: argparse.Namespace) -> int:
 
     app = create_app(config, run_worker=not args.no_worker, reuse_port=args.reuse_port)
     app.on_startup.append(start_listening)
+    loop = eventloop.new_event_loop()
+    log.debug("event loop: %s", eventloop.loop_name(loop))
     try:
         web.run_app(
             app,
+            loop=loop,
             sock=sockets,
             access_log=logging.getLogger("aiohttp.access") if config.server.access_log else None,
             # called once the listener is up: then systemd may start Dovecot
@@ -110,13 +112,14 @@ def _listening(config: Config, config_path: str | None) -> None:
 
 def worker_command(args: argparse.Namespace) -> int:
     from ..delivery.process import run_worker
+    from ..service import eventloop
     from ..store.base import StoreError
 
     config = load(args.config)
     setup_logging(args.log_level, config.logging.format)
     try:
         # the worker opens (and migrates) the store itself, as the service does
-        asyncio.run(run_worker(config))
+        eventloop.run(run_worker(config))
     except StoreError as exc:
         raise CommandError(f"store unavailable: {exc}") from exc
     return 0
