@@ -165,6 +165,9 @@ with warnings.catch_warnings():
         # replaces the least recently seen, which it inherits (first use, logins, programs), so
         # the rows a login reads do not grow with a carrier's address pools
         origins_per_provider: int = Field(default=4, ge=1, le=1000)
+        # accounts whose known origins the service keeps in memory, to answer a fresh repeat
+        # login (most logins) without reading the store; 0: read the store for every login
+        history_cache: int = Field(default=50_000, ge=0, le=10_000_000)
 
         @field_validator("dsn")
         @classmethod

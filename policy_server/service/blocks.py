@@ -116,6 +116,11 @@ class BlockSet:
     def __bool__(self) -> bool:
         return bool(self._by_account)
 
+    @property
+    def version(self) -> int:
+        """The store's block version the set was last read at (it changes with a forget)."""
+        return self._version
+
     def __len__(self) -> int:
         return sum(len(blocks) for blocks in self._by_account.values())
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,6 +24,7 @@ from ..store.base import (
     Overloaded,
     SuccessfulLogin,
 )
+from .history_cache import HistoryCache
 
 log = logging.getLogger("policy_server.recorder")
 
@@ -81,6 +82,7 @@ class LoginRecorder:
         on_hijack: Callable[[str, Sequence[str], str | None], None] = (
             lambda account, spread, notice_id: None
         ),
+        history_version: Callable[[], Hashable] | None = None,
     ) -> None:
         self._config = config
         self._store = store
@@ -102,6 +104,11 @@ class LoginRecorder:
         policy, compromise = config.policy, config.compromise
         self._decide: Decide = lambda history, origin, at, client: decide(
             history, origin, at, policy, client, compromise
+        )
+        # the histories of recently seen accounts; void when ``history_version`` changes (by
+        # default: when this store forgets an account)
+        self.histories = HistoryCache(
+            config.storage.history_cache, history_version or (lambda: store.forgotten)
         )
 
     def origin(self, remote: str) -> Origin:
@@ -142,9 +149,15 @@ class LoginRecorder:
         if blocked is not None:
             # never a fresh repeat: the login makes an urgent notice
             return Prepared(account, origin, at, blocked=blocked, client=client)
-        if self._immediate is None:
-            return Prepared(account, origin, at, client=client)
-        history = self._immediate.history_now(account)
+        history = self.histories.get(account)
+        if history is None:
+            if self._immediate is None:
+                return Prepared(account, origin, at, client=client)
+            version = self.histories.version()
+            history = self._immediate.history_now(account)
+            self.histories.put(account, history, version)
+        # a kept history that does not make this a fresh repeat is not read again: the write
+        # decides against the history as stored
         if self._fresh_repeat(history, origin, at, client):
             return Outcome(decision=KNOWN)
         return Prepared(account, origin, at, history, client=client)
@@ -213,27 +226,35 @@ class LoginRecorder:
             )
         # a store that reads without waiting was already asked in begin
         elif prepared.history is None:
+            version = self.histories.version()
             history = await self._store.history(account)
+            self.histories.put(account, history, version)
             if self._fresh_repeat(history, origin, at, prepared.client):
                 return Outcome(decision=KNOWN)
         delivery = self._config.delivery
-        outcome = await self._store.record_success(
-            SuccessfulLogin(
-                account=account,
-                login=event.login,
-                protocol=event.protocol,
-                remote=event.remote,
-                origin=origin,
-                at=at,
-                client=prepared.client,
-            ),
-            decide,
-            self._channels,
-            touch_after=self._config.policy.touch_granularity_s,
-            deadline_s=self._config.queue.deadline_s,
-            hold_s=delivery.hold_s,
-            coalesce_s=delivery.coalesce_window_s,
-        )
+        # the kept history goes before the write starts (a read meanwhile is not kept) and
+        # again once it is committed
+        self.histories.drop(account)
+        try:
+            outcome = await self._store.record_success(
+                SuccessfulLogin(
+                    account=account,
+                    login=event.login,
+                    protocol=event.protocol,
+                    remote=event.remote,
+                    origin=origin,
+                    at=at,
+                    client=prepared.client,
+                ),
+                decide,
+                self._channels,
+                touch_after=self._config.policy.touch_granularity_s,
+                deadline_s=self._config.queue.deadline_s,
+                hold_s=delivery.hold_s,
+                coalesce_s=delivery.coalesce_window_s,
+            )
+        finally:
+            self.histories.drop(account)
         if outcome.notice_id is not None:
             self._on_notice()
         if prepared.blocked is not None:

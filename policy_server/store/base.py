@@ -326,6 +326,10 @@ def origin_snapshot(known: KnownOrigin) -> dict[str, Any]:
 class LoginStore(Protocol):
     """What the login path needs: one read per report, and the group-committed writes."""
 
+    #: how many accounts were forgotten through this store object (histories read before
+    #: may name origins that are gone)
+    forgotten: int
+
     async def history(self, account: str) -> History:
         """The account's known origins: one indexed read."""
         ...

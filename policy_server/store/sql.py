@@ -370,6 +370,8 @@ class SQLStore(GroupCommit, Store):
 
     def __init__(self, config: StorageConfig) -> None:
         self._config = config
+        #: accounts forgotten through this store object: histories read before are void
+        self.forgotten = 0
         super().__init__()
         json_text = self.dialect.json_text
         asn, org = json_text("n.payload", "asn"), json_text("n.payload", "as_org")
@@ -1066,8 +1068,10 @@ class SQLStore(GroupCommit, Store):
             ):
                 # deliveries go with their notices (ON DELETE CASCADE)
                 counts[table] = await tx.execute(f"DELETE FROM {table} WHERE account = ?", account)
-            if counts["blocks"]:
-                await tx.execute(BUMP_BLOCKS)
+            # in any case: every process reads the version once a second, and a change also
+            # empties its cache of histories (service/history_cache.py)
+            await tx.execute(BUMP_BLOCKS)
+        self.forgotten += 1
         return counts
 
     @store_errors
