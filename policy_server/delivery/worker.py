@@ -6,6 +6,10 @@ rescheduled in its row with exponential backoff and jitter. A worker's claims ca
 predecessor left claimed, and any other worker takes over a claim whose lease ran out (the
 receiver sees the same ``id`` again). The bookkeeping of a claimed batch (lease renewal, results
 written as they come, lost claims) is in ``claims.py``.
+
+A worker runs on one event loop, the one ``run_forever`` (or ``run``) runs on; ``serve`` gives
+it a thread and a loop of its own (``thread.py``). ``wake``, ``stop`` and ``use_renderer`` may be
+called from any thread: from another one they reach the worker through its loop.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from ..config import ChannelConfig, Config, QueueConfig
 from ..model import Notice
@@ -96,20 +101,69 @@ class Worker:
         self.restarts = 0
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
+        # the loop the worker runs on and its thread: the one it is built on until it runs
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.get_ident()
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
+        # a wake from another thread is on its way to the loop: later ones need not queue
+        self._wake_queued = False
         self._rng = random.Random()
         self._outage_logged: set[str] = set()
         self.delivered = 0
 
     def use_renderer(self, renderer: Renderer) -> None:
-        """Render with ``renderer`` from the next notice on (templates reloaded)."""
-        self._renderer = renderer
+        """Render with ``renderer`` from the next notice on (templates reloaded); any thread."""
+        self._on_loop(lambda: setattr(self, "_renderer", renderer))
 
     def wake(self) -> None:
+        """Look for due notices now rather than at the next poll; any thread, and cheap: wakes
+        from another thread that come before the worker's loop handled the first are one."""
+        if self._elsewhere():
+            if self._wake_queued:
+                return
+            self._wake_queued = True
+            if self._call_soon(self._woken):
+                return
+            self._wake_queued = False
         self._wakeup.set()
 
     def stop(self) -> None:
+        """Stop after what is in flight (``run`` returns); any thread."""
+        self._on_loop(self._stop_here)
+
+    def _stop_here(self) -> None:
         self._stopping.set()
         self._wakeup.set()
+
+    def _woken(self) -> None:
+        # cleared before the event is set: a wake that saw the flag came before this set
+        self._wake_queued = False
+        self._wakeup.set()
+
+    def _elsewhere(self) -> bool:
+        """Whether the caller is on another thread than the worker's running loop."""
+        return self._loop is not None and threading.get_ident() != self._thread
+
+    def _call_soon(self, callback: Callable[[], object]) -> bool:
+        """``callback`` on the worker's loop, from another thread; False if that loop is closed."""
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(callback)
+        except RuntimeError:  # the loop is closed: the worker runs no more
+            return False
+        return True
+
+    def _on_loop(self, callback: Callable[[], object]) -> None:
+        """``callback`` now when called on the worker's thread, else soon on its loop."""
+        if not (self._elsewhere() and self._call_soon(callback)):
+            callback()
+
+    def _bind(self) -> None:
+        """Run on the calling thread's loop from now on (``wake`` from elsewhere goes there)."""
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._wake_queued = False
 
     async def start(self) -> None:
         """Take this worker's identity and what an earlier process of it left claimed.
@@ -132,6 +186,7 @@ class Worker:
     async def run_forever(self) -> None:
         """``run``, started again with backoff when it dies of something unexpected (a bug);
         ``failure`` says why while it waits."""
+        self._bind()
         delay = RESTART_FIRST_S
         while not self._stopping.is_set():
             try:
@@ -152,6 +207,7 @@ class Worker:
     async def run(self) -> None:
         """Claim and deliver until stopped; store errors are logged and retried. What is still
         claimed when it stops goes back to the queue."""
+        self._bind()
         while not self.owner and not self._stopping.is_set():
             try:
                 await self.start()
@@ -167,6 +223,9 @@ class Worker:
                 if time.monotonic() >= next_housekeeping:
                     next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL_S
                     await self.housekeeping()
+                # cleared before the round, not after: a wake that comes while it claims (a
+                # notice committed just too late for its claim) makes the next round start at once
+                self._wakeup.clear()
                 try:
                     done = await self.run_once()
                 except StoreError as exc:
@@ -176,7 +235,6 @@ class Worker:
                     self.failure = ""
                 if done:
                     continue
-                self._wakeup.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), self._config.poll_interval_s)
         finally:

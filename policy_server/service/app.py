@@ -1,4 +1,10 @@
-"""The application factory: each resource opened in its own cleanup context, in order."""
+"""The application factory: each resource opened in its own cleanup context, in order.
+
+The application's event loop answers Dovecot, with the store, channels, renderer and admin
+alerts the answers need (the responder, the owner's pages, the geo guard). The delivery worker
+runs on a thread of its own with an event loop and resources of its own (``_worker_ctx``); the
+answering loop only wakes it, hands it reloaded templates and stops it.
+"""
 
 from __future__ import annotations
 
@@ -17,12 +23,13 @@ from ..delivery.breaker import AdminAlerts, Breaker
 from ..delivery.channels.base import Channel, build_channel
 from ..delivery.geo_guard import check_geo_change
 from ..delivery.render import Renderer, TemplateError
+from ..delivery.thread import DeliveryThread
 from ..delivery.worker import Worker
 from ..events import EventWriter
 from ..model import Origin
 from ..origin.networks import KnownNetworks, NetworksError
 from ..origin.resolver import OriginResolver
-from ..store import open_store
+from ..store import StoreError, open_store
 from ..web.pages import OwnerPages, pages_app, pages_listener
 from . import keys
 from .auth import Authenticator
@@ -75,7 +82,11 @@ def reload(app: web.Application) -> None:
 
 
 def reload_templates(app: web.Application) -> bool:
-    """Compile the templates again; broken ones are refused and the ones in use stay."""
+    """Compile the templates again; broken ones are refused and the ones in use stay.
+
+    The delivery worker renders with the new ones from its next notice on (``use_renderer``
+    hands them to its thread's loop).
+    """
     worker = app.get(keys.WORKER)
     try:
         renderer = Renderer(
@@ -137,15 +148,28 @@ async def _channels_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The delivery worker, on a thread and event loop of its own (``delivery/thread.py``), with
+    its own store connection, channels, renderer, alerts and breaker: rendering and sending take
+    no time from the answers. Then the recorder, which wakes it for each notice it queues.
+
+    With ``run_worker=False`` a worker is built on this loop's store and channels and never run
+    (deliveries are left to ``policy-server worker`` processes): waking it does nothing.
+    """
     config = app[keys.CONFIG]
-    channels: dict[str, Channel] = app[keys.CHANNELS]
     # admin channels carry operators' alerts only; owner notices go through the others
     owner_channels = [c.name for c in config.channels if not c.admin]
-    breaker = Breaker(app[keys.STORE], config.breaker, owner_channels, app[keys.ALERTS])
     metrics = app[keys.METRICS]
-    worker = Worker(
-        app[keys.STORE], channels, app[keys.RENDERER], config, breaker=breaker, metrics=metrics
-    )
+    delivery: DeliveryThread | None = None
+    if app[keys.RUN_WORKER]:
+        delivery = DeliveryThread(config, metrics)
+        worker = await delivery.start()
+        app[keys.DELIVERY] = delivery
+    else:
+        channels: dict[str, Channel] = app[keys.CHANNELS]
+        breaker = Breaker(app[keys.STORE], config.breaker, owner_channels, app[keys.ALERTS])
+        worker = Worker(
+            app[keys.STORE], channels, app[keys.RENDERER], config, breaker=breaker, metrics=metrics
+        )
     app[keys.WORKER] = worker
     responder = Responder(config, app[keys.STORE], app[keys.BLOCKS], app[keys.ALERTS], metrics)
     app[keys.RESPONDER] = responder
@@ -155,27 +179,25 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
         app[keys.STORE],
         lambda: app[keys.RESOLVER],
         owner_channels,
+        # called on this loop; crosses to the worker's loop, coalesced (Worker.wake)
         on_notice=worker.wake,
         events=events,
         on_origin=lambda origin: _count_unknown(metrics, origin),
         blocks=app[keys.BLOCKS],
         on_blocked=responder.blocked_login,
         on_hijack=responder.hijacked,
+        # a forget here, or one another node made (it moves the store's block version), voids
+        # the cached histories
+        history_version=lambda: (app[keys.STORE].forgotten, app[keys.BLOCKS].version),
     )
-    task: asyncio.Task[None] | None = None
-    if app[keys.RUN_WORKER]:
-        task = asyncio.create_task(worker.run_forever(), name="delivery-worker")
-        task.add_done_callback(_worker_ended)
-        app[keys.WORKER_TASK] = task
     yield
-    worker.stop()
-    if task is not None:
-        # deliveries in flight get a while to finish; the worker then puts back what it
-        # still holds (and past the timeout, its claims go back when the lease runs out)
-        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(task, timeout=config.queue.stop_timeout_s)
-        if not task.done() or task.cancelled():
-            await worker.release()
+    if delivery is not None and not await delivery.stop() and worker.owner:
+        # the thread is stuck (in closing its channels or its store): put back what its worker
+        # may still hold through this loop's store rather than wait for the lease
+        with contextlib.suppress(StoreError):
+            released = await app[keys.STORE].release_claims(worker.owner, time.time())
+            if released:
+                log.info("%d deliveries in flight put back in the queue", released)
     await responder.drain()
     if events is not None:
         events.close()
@@ -281,11 +303,11 @@ async def _monitoring_ctx(app: web.Application) -> AsyncIterator[None]:
 
     def worker_running() -> str:
         """Why deliveries are not being made by this process ("" when they are)."""
-        task = app.get(keys.WORKER_TASK)
-        if task is None:
+        delivery = app.get(keys.DELIVERY)
+        if delivery is None:
             return ""  # left to `policy-server worker` processes
-        if task.done():
-            return "delivery worker stopped"
+        if not delivery.running:
+            return "delivery worker stopped"  # its task or its thread ended
         return app[keys.WORKER].failure
 
     monitoring = monitoring_app(
@@ -295,12 +317,6 @@ async def _monitoring_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     async with monitoring_listener(config.metrics, monitoring, app[keys.REUSE_PORT]):
         yield
-
-
-def _worker_ended(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        # A dead worker must be loud: notices would pile up unseen (/readyz says so too).
-        log.critical("delivery worker stopped for good", exc_info=task.exception())
 
 
 async def _stopping(app: web.Application) -> None:
@@ -322,7 +338,9 @@ def create_app(
 ) -> web.Application:
     """The service as an aiohttp application; resources open on startup, close on cleanup.
 
-    ``run_worker=False`` leaves deliveries to separate ``policy-server worker`` processes.
+    The application's loop answers Dovecot (and serves the owner's pages and the monitoring
+    listener); the delivery worker runs on a thread and loop of its own. ``run_worker=False``
+    runs no worker and leaves deliveries to separate ``policy-server worker`` processes.
     """
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[keys.CONFIG] = config

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
 from ..config import Config
 from ..delivery.breaker import AdminAlerts
 from ..delivery.channels.base import Channel
 from ..delivery.render import Renderer
+from ..delivery.thread import DeliveryThread
 from ..delivery.worker import Worker
 from ..origin.resolver import OriginResolver
 from ..store.base import Store
@@ -33,6 +32,7 @@ WORKER = web.AppKey("worker", Worker)
 ALERTS = web.AppKey("alerts", AdminAlerts)
 RUN_WORKER = web.AppKey("run_worker", bool)
 REUSE_PORT = web.AppKey("reuse_port", bool)
-WORKER_TASK: web.AppKey[asyncio.Task[None]] = web.AppKey("worker_task")
+#: the thread the delivery worker runs on (absent with ``run_worker=False``)
+DELIVERY = web.AppKey("delivery", DeliveryThread)
 BLOCKS = web.AppKey("blocks", BlockSet)
 RESPONDER = web.AppKey("responder", Responder)
