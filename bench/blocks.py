@@ -158,8 +158,8 @@ def main() -> None:
                 write_history(Path(dbs[label]), args.accounts)
         allow_load = requests(args.accounts, 200_000, allow_only=True)
         chosen = chosen_accounts(args.blocks, args.accounts, allow_load, args.busiest)
-        blocked = set(chosen)
-        share = sum(account_of(req) in blocked for req in allow_load) / len(allow_load)
+        blocked_accounts = set(chosen)
+        share = sum(account_of(req) in blocked_accounts for req in allow_load) / len(allow_load)
         storage = (
             StorageConfig(backend="postgres", dsn=args.dsn, schema=str(dbs["blocks"]))
             if pg

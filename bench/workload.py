@@ -4,15 +4,23 @@
 * History: ``accounts`` accounts with 1 to 5 known origins each, written straight into the
   service's SQLite schema (one /24 of a network per origin), each origin last used within the
   past half hour, as for the accounts of a busy hour (mail programs poll every few minutes).
-* Requests: logins as Dovecot sends them with the example config plus the allow checks
-  (allow, allow, report), accounts drawn with a Zipf-like popularity (s = 1), 95% from a known
+  Each origin also holds the mail program its logins name (see ``device``), as a history
+  that has seen those programs does, so a login from a known origin writes nothing.
+* Requests: logins as Dovecot sends them with the attributes of dovecot-example.conf (login,
+  remote, protocol, session_id, device_id, fail_type, then Dovecot's own success,
+  policy_reject and tls), accounts drawn with a Zipf-like popularity (s = 1), 95% from a known
   origin, 4% from a new provider in the same country, 1% from a new country; 5% of the logins
-  fail (wrong password: the report says so).
+  fail (wrong password: the report says so, with ``fail_type`` "credentials"). Three mixes
+  (``requests``): "report", what the example config sends (one report per login); "full", the
+  allow checks on too (allow, allow, report); "allow", the two allow checks alone.
+* First logins (``first_logins``): accounts with no history at all, as on the service's first
+  day, each a successful report from a network of the geo data.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import bisect
 import ipaddress
 import itertools
@@ -21,7 +29,7 @@ import random
 import sqlite3
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +42,18 @@ COUNTRIES = ("JP", "US", "DE", "FR", "GB", "KR", "CN", "BR", "IN", "AU", "CA", "
              "TW", "IT")  # fmt: skip
 NETWORKS = 4096
 BASE = ipaddress.IPv4Network("11.0.0.0/8")
+# IMAP IDs as mail programs send them and Dovecot passes them on (``device_id``); "" is a
+# program that sends no ID
+DEVICES = (
+    '"name" "Thunderbird" "version" "128.3.0"',
+    '"name" "iPhone Mail" "version" "21A329" "os" "iOS" "os-version" "17.0 (21A329)"',
+    '"name" "K-9 Mail" "version" "6.802"',
+    '"name" "Evolution" "version" "3.46.4"',
+    "",
+)
+# what the service keeps of each (``policy_server.client.parse_client_id``): its name
+PROGRAMS = ("Thunderbird", "iPhone Mail", "K-9 Mail", "Evolution", "")
+MODES = ("report", "full", "allow")
 
 
 def network(i: int) -> tuple[ipaddress.IPv4Network, str, int]:
@@ -58,6 +78,11 @@ def account_networks(i: int) -> list[int]:
     """The networks account ``i`` is known from: 1 to 5, mostly one country."""
     base = (i * 7919) % NETWORKS
     return [(base + 16 * k) % NETWORKS for k in range(1 + i % 5)]
+
+
+def device(i: int, j: int) -> int:
+    """The mail program (an index into ``DEVICES``) account ``i`` uses from network ``j``."""
+    return (i + j) % len(DEVICES)
 
 
 def host(net: ipaddress.IPv4Network, rng: random.Random) -> str:
@@ -89,7 +114,7 @@ def write_history(db: Path, accounts: int) -> int:
             )
             conn.executemany(
                 "INSERT INTO origins (account, prefix, country, provider, as_org, first_seen,"
-                " last_seen, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " last_seen, count, clients) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 origin_rows,
             )
             origins += len(origin_rows)
@@ -109,9 +134,12 @@ def history_rows(
         account_rows.append((name, first, now - 3600, 10, 0))
         for j in account_networks(i):
             net, country, asn = network(j)
+            program = PROGRAMS[device(i, j)]
+            clients = json.dumps([program]) if program else None
             # active accounts: each origin last used within the past half hour
             origin_rows.append((name, f"{net.network_address}/24", country, f"AS{asn}",
-                                f"Provider {asn}", first, now - (i * 7) % 1800, 5))  # fmt: skip
+                                f"Provider {asn}", first, now - (i * 7) % 1800, 5,
+                                clients))  # fmt: skip
     return account_rows, origin_rows
 
 
@@ -149,6 +177,7 @@ async def write_history_pg(dsn: str, schema: str, accounts: int) -> int:
                     "first_seen",
                     "last_seen",
                     "count",
+                    "clients",
                 ],
                 schema_name=schema,
             )
@@ -175,11 +204,15 @@ class Request:
     body: str
 
 
-def _body(login: str, remote: str, session: str, report: bool, success: bool) -> str:
+def _body(login: str, remote: str, session: str, program: int, report: bool, success: bool) -> str:
+    """A request body as Dovecot 2.4 writes it for the example config's attributes (its keys
+    sorted, then the flags Dovecot appends itself; an allow check has no success flags)."""
     data: dict[str, object] = {
+        "device_id": DEVICES[program],
+        "fail_type": "" if success or not report else "credentials",
         "login": login,
-        "remote": remote,
         "protocol": "imap",
+        "remote": remote,
         "session_id": session,
     }
     if report:
@@ -188,8 +221,24 @@ def _body(login: str, remote: str, session: str, report: bool, success: bool) ->
     return json.dumps(data, separators=(",", ":"))
 
 
-def logins(accounts: int, seed: int = 7) -> Iterator[tuple[str, str, bool, str]]:
-    """(login, remote, success, kind) forever, with the workload's mix."""
+def session_id(n: int) -> str:
+    """A session id in the form of Dovecot's (16 base64 characters, as in its log lines)."""
+    return base64.b64encode(n.to_bytes(12, "big")).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """One login attempt of the workload: who, from where, with which mail program."""
+
+    login: str
+    remote: str
+    success: bool
+    kind: str  # "known", "new_provider" or "new_country"
+    program: int  # an index into DEVICES
+
+
+def logins(accounts: int, seed: int = 7) -> Iterator[Login]:
+    """The workload's logins forever, with its mix."""
     rng = random.Random(seed)
     cumulative = list(itertools.accumulate(1.0 / r for r in range(1, accounts + 1)))
     total = cumulative[-1]
@@ -206,21 +255,57 @@ def logins(accounts: int, seed: int = 7) -> Iterator[tuple[str, str, bool, str]]
         else:
             kind, j = "new_country", known[0] + 1 + rng.randrange(0, 15) * 17
         net, _, _ = network(j)
-        yield f"user{i}@example.jp", host(net, rng), rng.random() >= 0.05, kind
+        remote = host(net, rng)
+        yield Login(f"user{i}@example.jp", remote, rng.random() >= 0.05, kind, device(i, j))
 
 
-def requests(accounts: int, count: int, allow_only: bool = False) -> list[Request]:
-    """``count`` requests: allow, allow, report per login (or only allows)."""
+def requests(
+    accounts: int,
+    count: int,
+    allow_only: bool = False,
+    mode: str = "full",
+    kinds: Collection[str] | None = None,
+) -> list[Request]:
+    """``count`` requests of the logins of a history of ``accounts`` accounts, per login:
+    ``mode`` "full": allow, allow, report; "allow": allow, allow (also ``allow_only``, the
+    older spelling); "report": the report alone. ``kinds``: only logins of those kinds (e.g.
+    ``{"known"}``, the traffic that changes nothing)."""
+    if allow_only:
+        mode = "allow"
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
     out: list[Request] = []
-    for n, (login, remote, success, _kind) in enumerate(logins(accounts)):
-        session = f"s{n:08x}"
-        allow = _body(login, remote, session, report=False, success=False)
-        out.append(Request("allow", allow))
-        out.append(Request("allow", allow))
-        if not allow_only:
-            out.append(Request("report", _body(login, remote, session, True, success)))
+    for n, one in enumerate(logins(accounts)):
+        if kinds is not None and one.kind not in kinds:
+            continue
+        session = session_id(n)
+        if mode != "report":
+            allow = _body(one.login, one.remote, session, one.program, False, False)
+            out += (Request("allow", allow), Request("allow", allow))
+        if mode != "allow":
+            out.append(
+                Request(
+                    "report",
+                    _body(one.login, one.remote, session, one.program, True, one.success),
+                )
+            )
         if len(out) >= count:
             return out[:count]
+    return out
+
+
+def first_logins(count: int, seed: int = 13) -> list[Request]:
+    """``count`` successful first logins: reports of ``new{i}@example.jp``, accounts no history
+    holds, each from a host of a network of the geo data."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        j = rng.randrange(NETWORKS)
+        net, _, _ = network(j)
+        body = _body(
+            f"new{i}@example.jp", host(net, rng), session_id(1 << 40 | i), device(i, j), True, True
+        )
+        out.append(Request("report", body))
     return out
 
 
