@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["BACKEND", "JSONDecodeError", "dumps", "loads"]
+__all__ = ["BACKEND", "JSONDecodeError", "dumps", "dumps_text", "loads"]
 
 JSONDecodeError = json.JSONDecodeError
 
@@ -33,3 +33,8 @@ else:
     BACKEND = "orjson"
     loads = orjson.loads
     dumps = orjson.dumps
+
+
+def dumps_text(value: Any) -> str:
+    """``dumps`` as text, for a TEXT column."""
+    return dumps(value).decode("utf-8")

@@ -10,13 +10,13 @@ and its payload are made here, for every backend.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from .. import jsonfast
 from ..client import Client
 from ..model import (
     NO_SETTINGS,
@@ -110,7 +110,7 @@ def known_origin(row: Sequence[Any]) -> KnownOrigin:
         last_seen=row[5],
         count=row[6],
         network=row[7],
-        clients=tuple(json.loads(row[8])) if row[8] else (),
+        clients=tuple(jsonfast.loads(row[8])) if row[8] else (),
         location=None
         if latitude is None or longitude is None
         else Location(float(latitude), float(longitude), float(row[11] or 0.0)),
@@ -126,11 +126,11 @@ def account_settings(row: Sequence[Any]) -> AccountSettings:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return jsonfast.dumps_text(value)
 
 
 def notice_from_payload(payload: str) -> Notice:
-    data = json.loads(payload)
+    data = jsonfast.loads(payload)
     return Notice(
         id=data["id"],
         account=data["account"],
@@ -207,7 +207,7 @@ class _Waiting:
     def data(self) -> dict[str, Any]:
         """The payload, parsed once (changed in place by ``join``)."""
         if self._data is None:
-            self._data = json.loads(self.payload)
+            self._data = jsonfast.loads(self.payload)
         return self._data
 
     def same_place(self, country: str | None, decision: Decision, client: Client | None) -> bool:
@@ -450,7 +450,7 @@ def plan_batch(
                     notice.id,
                     login.account,
                     login.at,
-                    json.dumps([r.value for r in notice.reasons]),
+                    _dumps([r.value for r in notice.reasons]),
                     payload,
                     key,
                 )
@@ -474,7 +474,7 @@ def plan_batch(
                     origin.country,
                     origin.provider,
                     origin.network,
-                    json.dumps([r.value for r in decision.reasons]),
+                    _dumps([r.value for r in decision.reasons]),
                     notice_id is not None,
                     note,
                     notice_id if joined is None else joined.id,

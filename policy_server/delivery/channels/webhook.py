@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -11,6 +10,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from ... import jsonfast
 from ...config import WebhookChannelConfig
 from ...model import Notice, Recipient
 from ...web.tokens import NoticeLinks
@@ -81,7 +81,7 @@ class WebhookChannel(HttpChannel):
             "links": {"confirm": links.confirm, "deny": links.deny} if links else None,
             "message": message,
         }
-        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return jsonfast.dumps(payload)
 
     def headers(self, notice: Notice, body: bytes) -> CIMultiDict[str]:
         """The request headers for ``body``; signs it when a secret is configured."""
