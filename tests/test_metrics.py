@@ -58,6 +58,8 @@ async def test_requests_decisions_origins_and_deliveries_are_counted(
     assert value(text, "policy_server_requests_total", command="report", outcome="notice") == 2
     assert value(text, "policy_server_requests_total", command="allow", outcome="invalid_json") == 1
     assert value(text, "policy_server_request_seconds_count", command="report") == 2
+    # every answer is timed, a refused one too, each under its command's series
+    assert value(text, "policy_server_request_seconds_count", command="allow") == 2
     assert value(text, "policy_server_decisions_total", reason="first_use") == 2
     # 198.18.0.1 is in no geo data: unknown country and provider
     assert value(text, "policy_server_origin_unknown_total", part="country") == 1

@@ -81,6 +81,7 @@ def serve_command(args: argparse.Namespace) -> int:
     app.on_startup.append(start_listening)
     loop = eventloop.new_event_loop()
     log.debug("event loop: %s", eventloop.loop_name(loop))
+    eventloop.favour_the_loop()
     try:
         web.run_app(
             app,

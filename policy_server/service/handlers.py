@@ -22,7 +22,7 @@ from ..protocol import ALLOW_ANSWER, REPORT_ANSWER, ProtocolError, parse_request
 from ..store.base import Outcome, Overloaded
 from . import keys
 from .blocks import BlockSet
-from .stats import Stats, command_label
+from .stats import Stats
 
 log = logging.getLogger("policy_server.http")
 _limited = RateLimitedLog(log)
@@ -53,10 +53,9 @@ async def timed_endpoint(request: web.Request) -> web.Response:
     """The endpoint, with the time of each answer in the latency histogram."""
     started = time.perf_counter()
     response = await policy_endpoint(request)
-    metrics = request.app[keys.STATS].metrics
-    if metrics is not None:
-        label = command_label(request.query.get("command", ""))
-        metrics.latency.labels(label).observe(time.perf_counter() - started)
+    request.app[keys.STATS].answered_in(
+        request.query.get("command", ""), time.perf_counter() - started
+    )
     return response
 
 
