@@ -84,9 +84,9 @@ class Supervisor:
     def log_path(self) -> Path:
         return self.tmp_path / "service.log"
 
-    def start(self, workers: int = 2) -> subprocess.Popen[bytes]:
+    def start(self, workers: int = 2, *extra: str) -> subprocess.Popen[bytes]:
         env = {**os.environ, "NOTIFY_SOCKET": self.notify.env}
-        command = ["serve", "--workers", str(workers), "-c", str(self.config)]
+        command = ["serve", "--workers", str(workers), *extra, "-c", str(self.config)]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "policy_server", *command],
@@ -379,3 +379,63 @@ async def test_a_process_that_keeps_crashing_makes_the_supervisor_give_up(
     assert delays, log
     for series in delays.values():
         assert series == [0.5 * 2**i for i in range(len(series))], delays
+
+
+def cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+
+
+async def test_a_delivery_process_delivers_for_the_service_process(
+    supervisor: Supervisor, sink: Sink
+) -> None:
+    """``--delivery process``: a niced ``worker`` beside a ``serve --no-worker``; its
+    deliveries in the one set of metrics, its readiness in /readyz, reloaded with the rest and
+    restarted when it dies."""
+    proc = supervisor.start(1, "--delivery", "process")
+    try:
+        await supervisor.notify.until("READY=1")
+    except AssertionError:
+        raise AssertionError(supervisor.log_path.read_text()) from None
+    ready = next(m for m in supervisor.notify.messages if "READY=1" in m)
+    assert "STATUS=2 of 2 service processes ready" in ready
+    by_role = {("worker" in cmdline(pid)): pid for pid in supervisor.children()}
+    service, deliverer = by_role[False], by_role[True]
+    assert "--no-worker" in cmdline(service)
+    assert os.getpriority(os.PRIO_PROCESS, deliverer) == os.getpriority(os.PRIO_PROCESS, 0) + 10
+    assert os.getpriority(os.PRIO_PROCESS, service) == os.getpriority(os.PRIO_PROCESS, 0)
+
+    await reports(supervisor.port, [f"user{i}" for i in range(5)])
+    assert sorted(d["login"] for d in await sink.wait_for(5)) == [f"user{i}" for i in range(5)]
+
+    async def counted() -> bool:
+        text = await supervisor.metrics()
+        return total(text, "policy_server_deliveries_total", outcome="sent") == 5
+
+    await until(counted, "the delivery process's deliveries in the supervisor's metrics")
+    text = await supervisor.metrics()
+    assert total(text, "policy_server_requests_total", command="report") == 5
+    assert total(text, "policy_server_processes") == 2
+    assert total(text, "policy_server_processes_ready") == 2
+    assert total(text, "policy_server_ready") == 1
+    assert await supervisor.readyz() == (200, {"status": "ready"})
+
+    # a reload reaches the delivery process too, which stays (no handler: SIGHUP would end it)
+    os.kill(proc.pid, signal.SIGHUP)
+    reloading = await supervisor.notify.until("RELOADING=1", after=len(supervisor.notify.messages))
+    await supervisor.notify.until("READY=1", after=reloading)
+    assert sorted(supervisor.children()) == sorted([service, deliverer])
+    log = supervisor.log_path.read_text()
+    assert log.count("templates reloaded") == 2, log
+
+    # killed, it is started again, and delivers what came meanwhile
+    os.kill(deliverer, signal.SIGKILL)
+
+    async def replaced() -> bool:
+        return any(pid not in (service, deliverer) for pid in supervisor.children())
+
+    await until(replaced, "a new delivery process")
+    await reports(supervisor.port, ["user9"])
+    assert (await sink.wait_for(6))[-1]["login"] == "user9"
+    log = supervisor.log_path.read_text()
+    assert f"service delivery process (pid {deliverer}) was killed by SIGKILL" in log, log
+    assert supervisor.stop() == 0

@@ -34,6 +34,13 @@ def register(commands: Subparsers) -> None:
         action="store_true",
         help="answer Dovecot only; deliveries are left to `policy-server worker` processes",
     )
+    serve.add_argument(
+        "--delivery",
+        choices=["thread", "process"],
+        default="thread",
+        help="where notices are delivered: a thread of each service process (the default), or"
+        " one process of their own, niced, beside the service processes",
+    )
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
     work = add_command(
@@ -54,16 +61,17 @@ def serve_command(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, config.logging.format)
     if args.workers < 1:
         raise CommandError(f"--workers must be 1 or more, not {args.workers}")
-    if args.workers > 1:
+    own_process = args.delivery == "process" and not args.no_worker
+    if args.workers > 1 or own_process:
         from ..service.processes import GiveUp, supervise
 
+        config_args = ["-c", args.config] if args.config else []
         child = ["serve", "--log-level", args.log_level, "--reuse-port"]
-        if args.no_worker:
+        if args.no_worker or own_process:
             child.append("--no-worker")
-        if args.config:
-            child += ["-c", args.config]
+        delivery = ["worker", "--log-level", args.log_level, *config_args] if own_process else None
         try:
-            return supervise(child, args.workers, config)
+            return supervise([*child, *config_args], args.workers, config, delivery)
         except (listen.ListenError, GiveUp) as exc:
             raise CommandError(str(exc)) from None
     address = config.server.listen

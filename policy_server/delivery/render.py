@@ -11,6 +11,7 @@ override dir may replace a single file of a shipped language or add a new langua
 from __future__ import annotations
 
 import importlib.resources
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,7 +28,7 @@ from babel.dates import format_datetime, format_timedelta, get_timezone_location
 from babel.numbers import format_decimal
 
 from ..client import Client
-from ..config import MessageConfig, WebConfig
+from ..config import Config, MessageConfig, WebConfig
 from ..model import Notice, Reason, Recipient, Travel
 from ..web.tokens import NoticeLinks, links
 
@@ -561,3 +562,19 @@ def _spread(notice: Notice, locale: Locale) -> list[dict[str, Any]]:
 def _aware(when: datetime) -> datetime:
     # the store keeps UTC; a naive time can only have come from there
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def recompile(config: Config) -> Renderer | None:
+    """The templates compiled again (SIGHUP), or None, logged, when they are broken: the ones
+    in use then stay."""
+    try:
+        renderer = Renderer(config.message, config.web, config.compromise.window_s)
+    except TemplateError as exc:
+        logging.getLogger("policy_server.render").error(
+            "templates not reloaded, keeping those in use: %s", exc
+        )
+        return None
+    logging.getLogger("policy_server.render").info(
+        "templates reloaded: %s", ", ".join(renderer.languages)
+    )
+    return renderer

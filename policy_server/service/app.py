@@ -22,7 +22,7 @@ from ..config import Config
 from ..delivery.breaker import AdminAlerts, Breaker
 from ..delivery.channels.base import Channel, build_channel
 from ..delivery.geo_guard import check_geo_change
-from ..delivery.render import Renderer, TemplateError
+from ..delivery.render import Renderer, recompile
 from ..delivery.thread import DeliveryThread
 from ..delivery.worker import Worker
 from ..events import EventWriter
@@ -87,17 +87,12 @@ def reload_templates(app: web.Application) -> bool:
     The delivery worker renders with the new ones from its next notice on (``use_renderer``
     hands them to its thread's loop).
     """
-    worker = app.get(keys.WORKER)
-    try:
-        renderer = Renderer(
-            app[keys.CONFIG].message, app[keys.CONFIG].web, app[keys.CONFIG].compromise.window_s
-        )
-    except TemplateError as exc:
-        log.error("templates not reloaded, keeping those in use: %s", exc)
+    renderer = recompile(app[keys.CONFIG])
+    if renderer is None:
         return False
+    worker = app.get(keys.WORKER)
     if worker is not None:
         worker.use_renderer(renderer)
-    log.info("templates reloaded: %s", ", ".join(renderer.languages))
     return True
 
 

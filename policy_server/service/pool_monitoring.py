@@ -182,7 +182,9 @@ class _Sum:
                 "policy_server_ready", "1 when every service process is ready, else 0.", ready
             )
         yield GaugeMetricFamily(
-            "policy_server_processes", "Service processes serve --workers runs.", self.count
+            "policy_server_processes",
+            "Processes serve --workers runs (with --delivery process, the delivery process too).",
+            self.count,
         )
         yield GaugeMetricFamily(
             "policy_server_processes_ready",

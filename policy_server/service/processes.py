@@ -15,6 +15,10 @@ updates correct across processes. This supervisor starts them and speaks for the
   supervisor first has every process refresh its gauges and run its readiness checks (over a
   unix socket per process), and ``/readyz`` is 503 with the reasons while any process is not
   ready.
+* **Deliveries** (``--delivery process``): one more process, ``policy-server worker``, niced
+  (``DELIVERY_NICE``) so that the kernel gives the service processes the CPU first, while the
+  service processes run no worker of their own. It is supervised, counted and monitored as they
+  are; it finds new notices at its ``[queue] poll_interval_s``.
 * **Restarts**: a process that exits is started again after a backoff that doubles with each
   crash of that process (0.5 s, 1 s, 2 s, ... 30 s; from the start again once it ran a minute);
   more than 5 exits within 60 s stops every process, and the supervisor exits with status 1
@@ -60,6 +64,8 @@ CRASH_LIMIT = 5
 CRASH_WINDOW_S = 60.0
 #: after SIGTERM, how long the processes get to stop before they are killed
 STOP_TIMEOUT_S = 60.0
+#: the niceness of the delivery process (``--delivery process``)
+DELIVERY_NICE = 10
 
 _CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -75,6 +81,13 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         pass  # not Linux: children outlive a killed parent
+
+
+def _deliverer() -> None:
+    """In the delivery process, before exec: niced, and ended with its parent."""
+    with contextlib.suppress(OSError):
+        os.nice(DELIVERY_NICE)
+    _die_with_parent()
 
 
 def _how(returncode: int) -> str:
@@ -95,6 +108,8 @@ class Slot:
     """One of the N places a service process runs in (numbered from 1)."""
 
     number: int
+    #: the delivery process (``--delivery process``), not a service process
+    delivery: bool = False
     process: asyncio.subprocess.Process | None = None
     started: float = 0.0
     #: the process said READY=1 (and not RELOADING=1 or STOPPING=1 since)
@@ -109,17 +124,28 @@ class Slot:
         return self.process.pid if self.process is not None else None
 
     def name(self) -> str:
-        return f"process {self.number}"
+        return "delivery process" if self.delivery else f"process {self.number}"
 
 
 class Supervisor:
-    """Runs ``count`` copies of ``command`` and speaks for them (see the module's text)."""
+    """Runs ``count`` copies of ``command`` (and ``delivery``, a delivery process, if given)
+    and speaks for them (see the module's text)."""
 
-    def __init__(self, command: Sequence[str], count: int, config: Config) -> None:
+    def __init__(
+        self,
+        command: Sequence[str],
+        count: int,
+        config: Config,
+        delivery: Sequence[str] | None = None,
+    ) -> None:
         self.command = list(command)
-        self.count = count
+        self.delivery = list(delivery) if delivery else None
         self.config = config
         self.slots = [Slot(number) for number in range(1, count + 1)]
+        if self.delivery:
+            self.slots.append(Slot(count + 1, delivery=True))
+        #: every process it runs, the delivery process too
+        self.count = len(self.slots)
         self.stopping = False
         self.failure = ""
         self.restarts = 0
@@ -152,8 +178,12 @@ class Supervisor:
         started = time.monotonic()
         try:
             # the command is this interpreter running this package: no outside input
+            if slot.delivery and self.delivery:
+                command, before = self.delivery, _deliverer
+            else:
+                command, before = self.command, _die_with_parent
             process = await asyncio.create_subprocess_exec(
-                *self.command, env=self._environment(), preexec_fn=_die_with_parent
+                *command, env=self._environment(), preexec_fn=before
             )
         except OSError as exc:
             slot.started = started
@@ -299,11 +329,13 @@ class Supervisor:
             if self.reloading:
                 log.info("every service process reloaded")
             else:
+                services = sum(1 for slot in self.slots if not slot.delivery)
                 log.info(
-                    "policy-server %s: %d service processes listening on %s",
+                    "policy-server %s: %d service processes listening on %s%s",
                     __version__,
-                    self.count,
+                    services,
                     self.config.server.listen,
+                    ", and a delivery process" if self.delivery else "",
                 )
             self.announce = self.reloading = False
         else:
@@ -354,16 +386,23 @@ class Supervisor:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
-def supervise(child_args: Sequence[str], count: int, config: Config) -> int:
-    """Run ``count`` copies of ``python -m policy_server <child_args>`` until told to stop.
+def supervise(
+    child_args: Sequence[str],
+    count: int,
+    config: Config,
+    delivery_args: Sequence[str] | None = None,
+) -> int:
+    """Run ``count`` copies of ``python -m policy_server <child_args>`` (and one of
+    ``<delivery_args>``, if given) until told to stop.
 
     Raises :class:`~.listen.ListenError` when the address cannot be listened on (each process
     would fail on it) and :class:`GiveUp` when the processes keep exiting.
     """
     listen.close(listen.bind(config.server.listen, reuse_port=True))
     command = [sys.executable, "-m", "policy_server", *child_args]
+    delivery = [sys.executable, "-m", "policy_server", *delivery_args] if delivery_args else None
 
     async def main() -> int:
-        return await Supervisor(command, count, config).run()
+        return await Supervisor(command, count, config, delivery).run()
 
     return asyncio.run(main())
