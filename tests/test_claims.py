@@ -162,25 +162,27 @@ async def until(condition: Callable[[], Any], what: str, timeout: float = 10.0) 
     raise AssertionError(f"never happened: {what}")
 
 
-# -- a store error in the middle of a batch -----------------------------------------------------
+# -- a store error in a batch -----------------------------------------------------
 
 
-async def test_a_store_error_in_one_group_keeps_the_results_of_the_others(
+async def test_a_store_error_in_the_batchs_lookups_puts_the_batch_back_unattempted(
     store: Store, make_worker: Callable[..., Any], receiver: Receiver
 ) -> None:
+    """The contacts, sent times and waiting notices are read once per claimed batch: when that
+    read fails nothing is sent, and every claimed delivery is queued again, no attempt spent."""
     await queue_notices(store, "alice", "bob", "carol")
     faults = Faults(store)
-    faults.fail["contact"] = lambda account: account == "bob"
+    faults.fail["waiting_notices_of"] = lambda pairs: ("bob", CHANNEL) in set(pairs)
     worker = await make_worker(faults)
     assert await worker.run_once() == 3
-    # alice and carol went out and are recorded as sent; bob is queued again, no attempt spent
-    assert sorted(receiver.logins) == ["alice", "carol"]
-    assert await statuses(store) == {"sent": 2, "queued": 1}
-    (bob,) = await store.list_deliveries(status="queued")
-    assert bob["account"] == "bob" and bob["attempts"] == 0
-    assert "not attempted" in (bob["last_error"] or "")
-    del faults.fail["contact"]
-    await until(worker.run_once, "bob's notice claimed again")
+    assert receiver.logins == []
+    assert await statuses(store) == {"queued": 3}
+    for queued in await store.list_deliveries(status="queued"):
+        assert queued["attempts"] == 0
+        assert "not attempted" in (queued["last_error"] or "")
+    assert faults.calls["contacts"] == 1 and faults.calls["contact"] == 0
+    del faults.fail["waiting_notices_of"]
+    await until(worker.run_once, "the batch claimed again")
     assert sorted(receiver.logins) == ["alice", "bob", "carol"]
     assert await statuses(store) == {"sent": 3}
     assert receiver.twice() == []
@@ -255,11 +257,11 @@ async def test_a_lost_claim_is_neither_sent_nor_written_over_the_new_owners(
     # node A cannot reach the store to renew, and stalls before sending
     faults.fail["renew"] = lambda *args: True
     resume = asyncio.Event()
-    faults.stall["contact"] = (lambda account: True, resume)
+    faults.stall["contacts"] = (lambda accounts: True, resume)
     first = await make_worker(faults, owner="node-a", lease_s=0.6)
     second = await make_worker(store, owner="node-b", lease_s=30)
     running = asyncio.create_task(first.run_once())
-    await until(lambda: faults.calls["contact"] == 1, "node A claimed and is stalled")
+    await until(lambda: faults.calls["contacts"] == 1, "node A claimed and is stalled")
     # the lease runs out; node B takes the claim and delivers
     await until(second.run_once, "node B took the expired claim", timeout=5)
     assert list(receiver.ids.values()) == [1]

@@ -540,6 +540,36 @@ async def test_waiting_notices(store: Store) -> None:
     assert await store.waiting_notices("alice", "hook", 5000.0) == []
 
 
+async def test_a_batch_reads_its_lookups_at_once(store: Store) -> None:
+    """What the worker reads once per claimed batch: the same as the reads per account."""
+    await store.upsert_contacts(
+        [Contact("alice", "a@example.jp"), Contact("carol", None, "+81")], 900.0
+    )
+    assert await store.contacts(["alice", "bob", "carol", "alice"]) == {
+        "alice": Contact("alice", "a@example.jp"),
+        "carol": Contact("carol", None, "+81"),
+    }
+    assert await store.contacts([]) == {}
+    sent = await record(store, login(at=1000.0))
+    (d,) = await store.claim("w", 10, 1500.0, 30)
+    await store.finish("w", [DeliveryResult(d.notice.id, "hook", "sent")], 1600.0)
+    one = await record(store, login(o=origin(*US), at=1001.0))
+    two = await record(store, login("bob", at=1002.0))
+    pairs = [("alice", "hook"), ("bob", "hook"), ("carol", "hook")]
+    assert await store.sent_times_of(pairs, 0.0) == {("alice", "hook"): [1600.0]}
+    assert await store.sent_times_of(pairs, 1600.5) == {}
+    assert await store.sent_times_of([("alice", "mail")], 0.0) == {}
+    waiting = await store.waiting_notices_of(pairs)
+    assert {pair: [(at, n.id) for at, n in found] for pair, found in waiting.items()} == {
+        ("alice", "hook"): [(1001.0, one.notice_id)],
+        ("bob", "hook"): [(1002.0, two.notice_id)],
+    }
+    assert sent.notice_id not in {n.id for found in waiting.values() for _, n in found}
+    # only the pairs asked for: bob's notice is queued for "hook", not for "mail"
+    assert await store.waiting_notices_of([("alice", "mail"), ("bob", "mail")]) == {}
+    assert await store.waiting_notices_of([]) == {}
+
+
 # -- operators ---------------------------------------------------------------------------------
 
 

@@ -96,6 +96,7 @@ def test_request_and_queue_queries_use_indexes(tmp_path: Path) -> None:
     (accounts, values), *_ = impl.SQLiteDialect().any_of("account", ["a", "b"])
     (pending, _), *_ = impl.SQLiteDialect().any_of("n.account", ["a", "b"])
     (ids, _), *_ = impl.SQLiteDialect().any_of("id", ["n", "m"])
+    (waiting, _), *_ = impl.SQLiteDialect().any_of("d.account", ["a", "b"])
     statements = {
         "origins of an account": (sql.SELECT_ORIGINS, ("a",)),
         "origins of a batch's accounts": (sql.SELECT_HISTORIES.format(values=accounts), values),
@@ -118,9 +119,16 @@ def test_request_and_queue_queries_use_indexes(tmp_path: Path) -> None:
         "joined payload": (sql.UPDATE_PAYLOAD, ("{}", "a", "n")),
         "finish": (sql.FINISH[DeliveryStatus.SENT], (0.0, "n", "c", "o")),
         "fold": (sql.FOLD, ("n", 0.0, "m", "c", "o")),
-        "waiting notices": (
-            sql.SELECT_WAITING.format(join=impl.SQLiteDialect.join_notices),
-            ("a", "c", 0.0),
+        "waiting notices of a batch's accounts": (
+            sql.SELECT_WAITING.replace("{join}", impl.SQLiteDialect.join_notices).format(
+                values=waiting
+            ),
+            values,
+        ),
+        "contacts of a batch's accounts": (sql.SELECT_CONTACTS.format(values=accounts), values),
+        "sent times of a batch's accounts": (
+            sql.SELECT_SENT.format(values=accounts),
+            (*values, 0.0),
         ),
     }
     with contextlib.closing(sqlite3.connect(tmp_path / "plan.sqlite3")) as conn, conn:

@@ -32,6 +32,7 @@ from ..service.metrics import Metrics
 from ..store.base import (
     INCARNATION,
     RELEASED,
+    Contact,
     Delivery,
     DeliveryResult,
     DeliveryStatus,
@@ -52,6 +53,17 @@ HOUSEKEEPING_INTERVAL_S = 3600.0
 #: a worker that died is started again after this long, doubling up to the maximum
 RESTART_FIRST_S = 1.0
 RESTART_MAX_S = 60.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Lookups:
+    """What a claimed batch's deliveries read before they go, read once for the batch: the
+    accounts' contacts, when each (account, channel) last sent (only with throttle rules), and
+    the notices still queued behind each, with their creation times."""
+
+    contacts: dict[str, Contact]
+    sent: dict[tuple[str, str], list[float]]
+    waiting: dict[tuple[str, str], list[tuple[float, Notice]]]
 
 
 def incarnation() -> str:
@@ -306,17 +318,34 @@ class Worker:
         async def bounded(group: list[Delivery]) -> None:
             async with limit:
                 try:
-                    results = await self._deliver_group(group, claimed)
+                    results = await self._deliver_group(group, claimed, lookups)
                 except Exception as exc:
                     results = self._not_attempted(group, exc)
             claimed.record(results)
 
         claimed.start()
         try:
+            try:
+                lookups = await self._lookups(list(groups), now)
+            except Exception as exc:
+                for group in groups.values():
+                    claimed.record(self._not_attempted(group, exc))
+                return len(batch)
             await asyncio.gather(*(bounded(g) for g in groups.values()))
         finally:
             await claimed.close()
         return len(batch)
+
+    async def _lookups(self, pairs: list[tuple[str, str]], now: float) -> Lookups:
+        """Three reads for a batch rather than three per delivery."""
+        rules = self._full.delivery.throttle
+        contacts = await self._store.contacts([account for account, _ in pairs])
+        sent: dict[tuple[str, str], list[float]] = {}
+        if rules:
+            since = now - max(rule.window_s for rule in rules)
+            sent = await self._store.sent_times_of(pairs, since)
+        waiting = await self._store.waiting_notices_of(pairs)
+        return Lookups(contacts, sent, waiting)
 
     def _not_attempted(self, group: list[Delivery], exc: Exception) -> list[DeliveryResult]:
         """A group that failed before anything was sent: due again soon, no attempt counted."""
@@ -351,7 +380,11 @@ class Worker:
         self.holding = holding
 
     async def _deliver_group(
-        self, group: list[Delivery], claimed: ClaimedBatch, holding: bool = True
+        self,
+        group: list[Delivery],
+        claimed: ClaimedBatch,
+        lookups: Lookups,
+        holding: bool = True,
     ) -> list[DeliveryResult]:
         if holding and self.holding:
             # admin channels get no queued deliveries: everything here is an owner notice;
@@ -363,7 +396,7 @@ class Worker:
             ]
             if not group:
                 return results
-            released = await self._deliver_group(group, claimed, holding=False)
+            released = await self._deliver_group(group, claimed, lookups, holding=False)
             # a released delivery that has to wait again (a failure, quiet hours) stays
             # released: the breaker must not take it back
             return [
@@ -377,7 +410,7 @@ class Worker:
             ]
         group.sort(key=lambda d: d.notice.time)
         primary, carried = group[-1], group[:-1]
-        outcome = await self._deliver(primary, [d.notice for d in carried], claimed)
+        outcome = await self._deliver(primary, [d.notice for d in carried], claimed, lookups)
         main = outcome[0]
         results = list(outcome)
         for other in carried:
@@ -398,7 +431,7 @@ class Worker:
         return results
 
     async def _deliver(
-        self, delivery: Delivery, carried: list[Notice], claimed: ClaimedBatch
+        self, delivery: Delivery, carried: list[Notice], claimed: ClaimedBatch, lookups: Lookups
     ) -> list[DeliveryResult]:
         notice = delivery.notice
         channel = self._channels.get(delivery.channel)
@@ -416,7 +449,8 @@ class Worker:
             # the deadline is for notices that keep failing; one held back by quiet hours or
             # the per-account limit is still owed to its owner, late as it is
             return result(S.DEAD, "deadline passed before delivery")
-        contact = await self._store.contact(notice.account)
+        key = (notice.account, delivery.channel)
+        contact = lookups.contacts.get(notice.account)
         recipient = recipient_for(channel.recipient_kind, channel_config, contact, notice.login)
         if recipient is None:
             # final, and visible in the outbox: retrying cannot conjure an address
@@ -430,13 +464,12 @@ class Worker:
         rules = self._full.delivery.throttle
         if rules:
             since = now - max(rule.window_s for rule in rules)
-            sent = await self._store.sent_times(notice.account, delivery.channel, since)
+            sent = [at for at in lookups.sent.get(key, ()) if at >= since]
             free_at = throttled_until(sent, now, rules)
             if free_at is not None:
                 return result(S.DEFERRED, "throttled: per-account limit reached", free_at)
-        waiting = await self._store.waiting_notices(
-            notice.account, delivery.channel, notice.time.timestamp()
-        )
+        until = notice.time.timestamp()
+        waiting = [queued for created, queued in lookups.waiting.get(key, ()) if created <= until]
         folded = [*waiting, *carried]
         try:
             message = self._renderer.render(notice, recipient, folded)

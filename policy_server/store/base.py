@@ -12,7 +12,7 @@ store package.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, TypedDict, runtime_checkable
@@ -433,13 +433,31 @@ class QueueStore(Controls, Protocol):
         """The account's contact row, if any."""
         ...
 
+    async def contacts(self, accounts: Collection[str]) -> dict[str, Contact]:
+        """The contact rows of those of ``accounts`` that have one (one read for a batch)."""
+        ...
+
     async def sent_times(self, account: str, channel: str, since: float) -> list[float]:
         """When notices of ``account`` went out through ``channel`` since ``since``."""
+        ...
+
+    async def sent_times_of(
+        self, pairs: Collection[tuple[str, str]], since: float
+    ) -> dict[tuple[str, str], list[float]]:
+        """``sent_times`` of each (account, channel) of ``pairs``, in one read; a pair with
+        none is absent."""
         ...
 
     async def waiting_notices(self, account: str, channel: str, until: float) -> list[Notice]:
         """The account's notices created up to ``until`` and still queued (not claimed) for
         ``channel``, oldest first: what a notice being sent can carry along."""
+        ...
+
+    async def waiting_notices_of(
+        self, pairs: Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], list[tuple[float, Notice]]]:
+        """The notices still queued (not claimed) for each (account, channel) of ``pairs``
+        with their creation times, oldest first, in one read; a pair with none is absent."""
         ...
 
     async def notice_rates(self, now: float, window_s: float, baseline_s: float) -> NoticeRates:

@@ -15,7 +15,15 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Coroutine,
+    Iterator,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager
 from importlib import resources
 from typing import Any, ClassVar, Concatenate, ParamSpec, Protocol, TypeVar, cast
@@ -196,9 +204,15 @@ SELECT_PENDING = (
 )
 # An account's notices still queued for a channel, created up to the parameter ({join}: the
 # dialect's deliveries-with-notices join)
+# what the worker reads once per claimed batch ({values}: a condition on the account)
+SELECT_CONTACTS = "SELECT account, email, phone, language, timezone FROM contacts WHERE {values}"
+SELECT_SENT = (
+    "SELECT account, channel, updated FROM deliveries WHERE {values}"
+    f" AND status IN {_in(S.SENT, S.SHADOW)} AND updated >= ? ORDER BY updated"
+)
 SELECT_WAITING = (
-    "SELECT n.payload FROM {join} WHERE d.account = ? AND d.channel = ?"
-    f" AND d.status = '{S.QUEUED}' AND n.created <= ? ORDER BY n.created"
+    "SELECT d.account, d.channel, n.created, n.payload FROM {join} WHERE {values}"
+    f" AND d.status = '{S.QUEUED}' ORDER BY n.created"
 )
 # a write adds its count (1, or a replaced row's logins) and keeps the earliest first use
 UPSERT_ORIGIN = (
@@ -610,10 +624,13 @@ class SQLStore(GroupCommit, Store):
 
     @store_errors
     async def contact(self, account: str) -> Contact | None:
-        sql = "SELECT email, phone, language, timezone FROM contacts WHERE account = ?"
+        return (await self.contacts([account])).get(account)
+
+    @store_errors
+    async def contacts(self, accounts: Collection[str]) -> dict[str, Contact]:
         async with self.reading() as conn:
-            rows = await conn.fetch(sql, account)
-        return Contact(account, *rows[0]) if rows else None
+            rows = self._fetch_any(conn, SELECT_CONTACTS, sorted(set(accounts)), "account")
+            return {row[0]: Contact(*row) async for row in rows}
 
     @store_errors
     async def upsert_contacts(self, contacts: Sequence[Contact], now: float) -> int:
@@ -634,21 +651,44 @@ class SQLStore(GroupCommit, Store):
         async with self.transaction() as tx:
             return await tx.execute("DELETE FROM contacts WHERE account = ?", account) > 0
 
-    @store_errors
     async def sent_times(self, account: str, channel: str, since: float) -> list[float]:
-        sql = (
-            "SELECT updated FROM deliveries WHERE account = ? AND channel = ?"
-            f" AND status IN {_in(S.SENT, S.SHADOW)} AND updated >= ? ORDER BY updated"
-        )
-        async with self.reading() as conn:
-            return [float(row[0]) for row in await conn.fetch(sql, account, channel, since)]
+        return (await self.sent_times_of([(account, channel)], since)).get((account, channel), [])
 
     @store_errors
-    async def waiting_notices(self, account: str, channel: str, until: float) -> list[Notice]:
-        sql = SELECT_WAITING.format(join=self.dialect.join_notices)
+    async def sent_times_of(
+        self, pairs: Collection[tuple[str, str]], since: float
+    ) -> dict[tuple[str, str], list[float]]:
+        wanted = set(pairs)
+        found: dict[tuple[str, str], list[float]] = {}
         async with self.reading() as conn:
-            rows = await conn.fetch(sql, account, channel, until)
-        return [notice_from_payload(_text(row[0])) for row in rows]
+            accounts = sorted({account for account, _ in wanted})
+            async for account, channel, updated in self._fetch_any(
+                conn, SELECT_SENT, accounts, "account", since
+            ):
+                if (account, channel) in wanted:
+                    found.setdefault((account, channel), []).append(float(updated))
+        return found
+
+    async def waiting_notices(self, account: str, channel: str, until: float) -> list[Notice]:
+        waiting = (await self.waiting_notices_of([(account, channel)])).get((account, channel), [])
+        return [notice for created, notice in waiting if created <= until]
+
+    @store_errors
+    async def waiting_notices_of(
+        self, pairs: Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], list[tuple[float, Notice]]]:
+        wanted = set(pairs)
+        found: dict[tuple[str, str], list[tuple[float, Notice]]] = {}
+        sql = SELECT_WAITING.replace("{join}", self.dialect.join_notices)
+        async with self.reading() as conn:
+            accounts = sorted({account for account, _ in wanted})
+            async for account, channel, created, payload in self._fetch_any(
+                conn, sql, accounts, "d.account"
+            ):
+                if (account, channel) in wanted:
+                    notice = notice_from_payload(_text(payload))
+                    found.setdefault((account, channel), []).append((float(created), notice))
+        return found
 
     # -- operators ---------------------------------------------------------------------------
 
