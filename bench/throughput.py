@@ -454,6 +454,8 @@ class Bench:
         command += ["--log-level", "warning"]
         if self.args.workers > 1:
             command += ["--workers", str(self.args.workers)]
+        if self.args.delivery == "process":
+            command += ["--delivery", "process"]
         proc = start(command, self.base / f"{name}.log")
         self.procs.append(proc)
         wait_port(port)
@@ -713,7 +715,8 @@ def report(results: dict[str, Any]) -> None:
     f = results["figures"]
     print()
     print(
-        f"{results['backend']} store, {results['workers']} process(es);"
+        f"{results['backend']} store, {results['workers']} process(es), deliveries in a"
+        f" {results['delivery_in']};"
         f" history: {results['accounts']} accounts ({results['origins']} origins);"
         f" small: {results['small']}"
     )
@@ -805,6 +808,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--workers", type=int, default=1, help="serve --workers N")
+    parser.add_argument(
+        "--delivery",
+        choices=["thread", "process"],
+        default="thread",
+        help="serve --delivery: a thread of the service process, or a process of its own",
+    )
     return parser.parse_args()
 
 
@@ -821,6 +830,7 @@ def main() -> None:
         "burst_rate": args.burst_rate,
         "backend": args.backend,
         "workers": args.workers,
+        "delivery_in": args.delivery,
         "event_loop": eventloop.loop_name(loop),
     }
     loop.close()
