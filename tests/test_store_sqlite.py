@@ -15,7 +15,8 @@ from policy_server.config import PolicyConfig, StorageConfig
 from policy_server.model import AddressClass, History, Origin
 from policy_server.policy import Decision, decide
 from policy_server.store import open_store
-from policy_server.store.base import DeliveryStatus, Outcome, Store, SuccessfulLogin
+from policy_server.store.base import DeliveryStatus, Outcome, Store, StoreError, SuccessfulLogin
+from policy_server.store.sqlite import SQLiteStore
 
 POLICY = PolicyConfig()
 
@@ -140,3 +141,45 @@ def test_request_and_queue_queries_use_indexes(tmp_path: Path) -> None:
             # a join reaches each notice by its key, never through all notices of the account
             if "JOIN notices" in statement:
                 assert any("n USING PRIMARY KEY" in d for d in details), f"{name}: {details}"
+
+
+async def test_a_write_waits_for_another_processs_lock_and_goes_on_once_it_is_free(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "s.sqlite3"
+    store = await open_store(StorageConfig(path=str(db)))
+    other = sqlite3.connect(db, isolation_level=None)
+    try:
+        assert isinstance(store, SQLiteStore)
+        other.execute("BEGIN IMMEDIATE")  # as another process's writer would
+        write = asyncio.ensure_future(record(store, login("alice")))
+        for _ in range(10_000):  # it asks again and again meanwhile (bounded: 10 s at most)
+            if store.busy_retries >= 3:
+                break
+            await asyncio.sleep(0.001)
+        assert store.busy_retries >= 3 and not write.done()
+        other.execute("COMMIT")
+        outcome = await write
+        assert outcome.notice_id is not None
+        assert rows(db, "SELECT account FROM accounts") == [("alice",)]
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_a_write_gives_up_after_busy_timeout_and_writes_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "s.sqlite3"
+    store = await open_store(StorageConfig(path=str(db), busy_timeout_ms=200))
+    other = sqlite3.connect(db, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreError):
+            await record(store, login("alice"))
+        other.execute("COMMIT")
+        assert rows(db, "SELECT count(*) FROM accounts") == [(0,)]
+        # the lock free again, the store writes as before
+        await record(store, login("bob"))
+        assert rows(db, "SELECT account FROM accounts") == [("bob",)]
+    finally:
+        other.close()
+        await store.close()

@@ -4,6 +4,12 @@ Three connections: every write goes through the writer, one transaction at a tim
 lock, then ``BEGIN IMMEDIATE``), so writers never interleave and need no row locks; operator
 and worker reads use the reader, beside the writer (WAL); the request path's one read, an
 account's origins, runs on the event loop on a plain sqlite3 connection (``history_now``).
+
+Another process's writer (``serve --workers N``, a delivery process, a command) holding the
+file's write lock makes ``BEGIN IMMEDIATE`` wait. SQLite's own busy handler sleeps longer and
+longer (up to 100 ms a time) between its tries, so a waiter may sleep on well after the lock is
+free; the writer here asks again every millisecond instead (``BUSY_RETRY_S``), on the loop,
+until ``[storage] busy_timeout_ms``.
 """
 
 from __future__ import annotations
@@ -100,6 +106,14 @@ class SQLiteDialect(Dialect):
     )
 
 
+#: how often a writer asks again for the file's write lock another process holds
+BUSY_RETRY_S = 0.001
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 class _Connection:
     """An aiosqlite connection as the shared logic uses it."""
 
@@ -140,6 +154,8 @@ class SQLiteStore(SQLStore):
         # a thread and back. WAL readers never wait for the writer.
         self._point: sqlite3.Connection | None = None
         self._write_lock = asyncio.Lock()
+        #: times ``BEGIN IMMEDIATE`` found the write lock held by another process
+        self.busy_retries = 0
         # the worker identities this process holds (flocked files beside the database)
         self._slots: list[IO[bytes]] = []
 
@@ -167,6 +183,8 @@ class SQLiteStore(SQLStore):
             self._writer = await self._connect(read_only=False)
             if migrate:
                 await self._migrate_file(self._writer, where)
+            # from now on the writer waits for the write lock in _begin, not in SQLite
+            await self._writer.raw.execute("PRAGMA busy_timeout = 0")
             self._reader = await self._connect(read_only=True)
             self._point = sqlite3.connect(str(self._path), isolation_level=None)
             # waiting on the loop must stay short; WAL makes waiting rare for a reader anyway
@@ -236,7 +254,7 @@ class SQLiteStore(SQLStore):
             conn = self._writer
             if conn is None:
                 raise StoreError("store is not open")
-            await conn.raw.execute("BEGIN IMMEDIATE")
+            await self._begin(conn)
             try:
                 yield conn
                 await conn.raw.execute("COMMIT")
@@ -244,6 +262,20 @@ class SQLiteStore(SQLStore):
                 with contextlib.suppress(sqlite3.Error, ValueError):
                     await conn.raw.execute("ROLLBACK")
                 raise
+
+    async def _begin(self, conn: _Connection) -> None:
+        """``BEGIN IMMEDIATE``, asked again every ``BUSY_RETRY_S`` while another process holds
+        the write lock, until ``busy_timeout_ms`` (then the store's error)."""
+        deadline = time.monotonic() + self._config.busy_timeout_ms / 1000
+        while True:
+            try:
+                await conn.raw.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or time.monotonic() >= deadline:
+                    raise
+            self.busy_retries += 1
+            await asyncio.sleep(BUSY_RETRY_S)
 
     async def _lock_slot(self, name: str, slot: int) -> bool:
         # one node shares a SQLite file: the slot alone names the process
