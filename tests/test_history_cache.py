@@ -7,6 +7,7 @@ forget by another process (seen through the block version every process reads), 
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -15,7 +16,17 @@ import pytest
 from stores import Backend
 
 from policy_server.config import Config
-from policy_server.model import Command, History, LoginEvent, Reason
+from policy_server.model import (
+    AccountSettings,
+    AddressClass,
+    Command,
+    History,
+    KnownOrigin,
+    Location,
+    LoginEvent,
+    Origin,
+    Reason,
+)
 from policy_server.origin.resolver import OriginResolver
 from policy_server.service.blocks import BlockSet
 from policy_server.service.history_cache import HistoryCache
@@ -60,6 +71,48 @@ def test_bounded_oldest_first_and_void_when_the_version_moves() -> None:
     off = HistoryCache(0, lambda: 0)
     off.put("a", History("a"), off.version())
     assert off.get("a") is None
+
+
+def test_a_kept_history_comes_back_whole_and_costs_the_collector_nothing() -> None:
+    home = KnownOrigin(
+        prefix="203.0.113.0/24",
+        country="JP",
+        provider="AS64500",
+        as_org="Example Carrier JP",
+        first_seen=AT - 86400,
+        last_seen=AT - 60,
+        count=42,
+        network="office",
+        clients=("Thunderbird", "K-9 Mail"),
+        location=Location(35.68, 139.69, 20.0),
+        confirmed=AT - 3600,
+    )
+    away = KnownOrigin("198.51.100.0/24", None, None, None, AT - 7200, AT - 7000, 1)
+    settings = AccountSettings(notices=False, trip_country="FR", trip_until=AT + 86400)
+    history = History("mika", (home, away), settings)
+    cache = HistoryCache(10, lambda: 0)
+    cache.put("mika", history, cache.version())
+    # every field of every origin, and the settings, as they were put
+    assert cache.get("mika") == history
+    at_home = Origin("203.0.113.7", AddressClass.GLOBAL, "203.0.113.0/24", "JP", 64500, "x")
+    assert cache.lookup("mika", at_home) == (True, home)
+    # another provider in the same prefix is another origin
+    other = Origin("203.0.113.7", AddressClass.GLOBAL, "203.0.113.0/24", "JP", 64501, "y")
+    assert cache.lookup("mika", other) == (True, None)
+    assert cache.lookup("nobody", at_home) == (False, None)
+    # once the collector looked at it, it tracks no object of the entry any more (it stops
+    # tracking a tuple of untracked values when it looks at it: one level of nesting a pass)
+    for _ in range(4):
+        gc.collect()
+    assert not any(gc.is_tracked(obj) for obj in _walk(cache._entries["mika"]))
+
+
+def _walk(value: object) -> list[object]:
+    found = [value]
+    if isinstance(value, tuple):
+        for item in value:
+            found += _walk(item)
+    return found
 
 
 async def test_fresh_repeats_are_answered_from_memory_until_the_account_writes(

@@ -12,7 +12,7 @@ from ..accounts import is_exempt, normalize_login
 from ..client import Client, parse_client_id
 from ..config import Config
 from ..events import Event, EventWriter
-from ..model import History, LoginEvent, Origin, Reason
+from ..model import History, KnownOrigin, LoginEvent, Origin, Reason
 from ..origin.resolver import OriginResolver
 from ..policy import KNOWN, decide, exempted, fresh_repeat, from_blocked
 from ..store.base import (
@@ -149,17 +149,21 @@ class LoginRecorder:
         if blocked is not None:
             # never a fresh repeat: the login makes an urgent notice
             return Prepared(account, origin, at, blocked=blocked, client=client)
-        history = self.histories.get(account)
-        if history is None:
+        kept, known = self.histories.lookup(account, origin)
+        history = None
+        if not kept:
             if self._immediate is None:
                 return Prepared(account, origin, at, client=client)
             version = self.histories.version()
             history = self._immediate.history_now(account)
             self.histories.put(account, history, version)
+            known = history.find(origin)
+        if self._fresh_repeat(known, at, client):
+            return Outcome(decision=KNOWN)
         # a kept history that does not make this a fresh repeat is not read again: the write
         # decides against the history as stored
-        if self._fresh_repeat(history, origin, at, client):
-            return Outcome(decision=KNOWN)
+        if history is None:
+            history = self.histories.get(account)
         return Prepared(account, origin, at, history, client=client)
 
     def _blocked(self, account: str, origin: Origin, at: float) -> BlockTarget | None:
@@ -183,11 +187,9 @@ class LoginRecorder:
         self._blocked_seen[(account, target)] = at
         return target
 
-    def _fresh_repeat(
-        self, history: History, origin: Origin, at: float, client: Client | None
-    ) -> bool:
+    def _fresh_repeat(self, known: KnownOrigin | None, at: float, client: Client | None) -> bool:
         return fresh_repeat(
-            history.find(origin),
+            known,
             at,
             self._config.policy.touch_granularity_s,
             self._config.delivery.coalesce_window_s,
@@ -229,7 +231,7 @@ class LoginRecorder:
             version = self.histories.version()
             history = await self._store.history(account)
             self.histories.put(account, history, version)
-            if self._fresh_repeat(history, origin, at, prepared.client):
+            if self._fresh_repeat(history.find(origin), at, prepared.client):
                 return Outcome(decision=KNOWN)
         delivery = self._config.delivery
         # the kept history goes before the write starts (a read meanwhile is not kept) and
