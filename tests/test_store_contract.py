@@ -849,6 +849,32 @@ async def test_housekeeping_cuts_old_addresses_and_purges_forgotten_origins(
     }
 
 
+async def test_the_purge_goes_a_range_of_accounts_at_a_time_and_misses_none(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With two origin rows a range, seven accounts take several transactions; each account's
+    stale origin goes, whichever range its rows fall in, and its recent one stays."""
+    from policy_server.store import sql
+
+    monkeypatch.setattr(sql, "PURGE_CHUNK_ROWS", 2)
+    now = 1_000 * DAY
+    names = [f"user{i}" for i in range(7)]
+    for name in names:
+        for where, when in ((JP, now - 400 * DAY), (US, now - DAY)):
+            await store.record_success(
+                SuccessfulLogin(name, name, "imap", "203.0.113.7", origin(*where), when),
+                policy_decide,
+                ["log"],
+                touch_after=0,
+                deadline_s=DAY,
+            )
+    counts = await store.housekeeping(now, 30 * DAY, 365 * DAY)
+    assert counts["origins_purged"] == len(names)
+    for name in names:
+        assert [k.country for k in (await store.history(name)).origins] == ["US"]
+    assert (await store.housekeeping(now, 30 * DAY, 365 * DAY))["origins_purged"] == 0
+
+
 async def test_closed_store_refuses_work(backend: Backend) -> None:
     s = await backend.open()
     await s.close()

@@ -120,6 +120,8 @@ def test_request_and_queue_queries_use_indexes(tmp_path: Path) -> None:
         "joined payload": (sql.UPDATE_PAYLOAD, ("{}", "a", "n")),
         "finish": (sql.FINISH[DeliveryStatus.SENT], (0.0, "n", "c", "o")),
         "fold": (sql.FOLD, ("n", 0.0, "m", "c", "o")),
+        "the end of a purge range": (sql.PURGE_RANGE_END, ("a", 10)),
+        "a purge range": (sql.PURGE_RANGE, ("a", "b", 0.0)),
         "waiting notices of a batch's accounts": (
             sql.SELECT_WAITING.replace("{join}", impl.SQLiteDialect.join_notices).format(
                 values=waiting

@@ -186,6 +186,17 @@ UPSERT_SETTINGS = (
     " trip_country = excluded.trip_country, trip_until = excluded.trip_until,"
     " updated = excluded.updated"
 )
+# housekeeping's purge of origins not used for a long while, a range of accounts at a time:
+# the last account of the next PURGE_CHUNK_ROWS origin rows after one, then the purge of
+# those accounts (or of all the rest)
+PURGE_CHUNK_ROWS = 20_000
+PURGE_RANGE_END = "SELECT account FROM origins WHERE account > ? ORDER BY account LIMIT 1 OFFSET ?"
+_PURGE = (
+    "DELETE FROM origins WHERE {accounts} AND last_seen < (SELECT max(o.last_seen)"
+    " FROM origins o WHERE o.account = origins.account) - ?"
+)
+PURGE_RANGE = _PURGE.format(accounts="account > ? AND account <= ?")
+PURGE_REST = _PURGE.format(accounts="account > ?")
 DELETE_ORIGIN = (
     "DELETE FROM origins WHERE account = ? AND prefix = ? AND country = ? AND provider = ?"
 )
@@ -1118,11 +1129,19 @@ class SQLStore(GroupCommit, Store):
     async def housekeeping(
         self, now: float, address_retention_s: float, purge_origins_after_s: float
     ) -> dict[str, int]:
-        purge = (
-            "DELETE FROM origins WHERE last_seen < (SELECT max(o.last_seen) FROM origins o"
-            " WHERE o.account = origins.account) - ?"
-        )
         async with self.transaction() as tx:
             cut = await tx.execute(self.dialect.scrub_addresses, now - address_retention_s)
-            purged = await tx.execute(purge, purge_origins_after_s)
-        return {"addresses_cut": cut, "origins_purged": purged}
+        # The purge reads every origin; in one transaction it held SQLite's write lock for
+        # seconds with a million accounts (each login that writes waiting, hourly). It goes a
+        # range of accounts at a time instead, each range its own short transaction.
+        purged, after = 0, ""
+        while True:
+            async with self.reading() as conn:
+                found = await conn.fetch(PURGE_RANGE_END, after, PURGE_CHUNK_ROWS - 1)
+            upto = found[0][0] if found else None
+            async with self.transaction() as tx:
+                if upto is None:
+                    purged += await tx.execute(PURGE_REST, after, purge_origins_after_s)
+                    return {"addresses_cut": cut, "origins_purged": purged}
+                purged += await tx.execute(PURGE_RANGE, after, upto, purge_origins_after_s)
+            after = upto
