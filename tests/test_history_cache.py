@@ -160,6 +160,13 @@ async def _delete_origins_behind_the_stores_back(
         await conn.close()
 
 
+async def keep_mika(recorder: LoginRecorder) -> None:
+    """A first login (it writes), then a repeat, which reads the history and keeps it."""
+    await recorder.report(login(HOME), at=AT)
+    await recorder.report(login(HOME), at=AT + 900)
+    assert recorder.histories.get("mika") is not None
+
+
 async def test_a_forget_through_the_store_empties_the_cache(
     backend: Backend, make_config: Callable[..., Config], resolver: OriginResolver
 ) -> None:
@@ -167,9 +174,7 @@ async def test_a_forget_through_the_store_empties_the_cache(
     store = await backend.open()
     try:
         recorder = LoginRecorder(config, store, lambda: resolver, ("log",))
-        await recorder.report(login(HOME), at=AT)
-        await recorder.report(login(HOME), at=AT + 900)
-        assert recorder.histories.get("mika") is not None
+        await keep_mika(recorder)
         await store.forget("mika")
         # the next login is the account's first again, at once
         outcome = await recorder.report(login(HOME), at=AT + 1000)
@@ -194,9 +199,7 @@ async def test_a_forget_by_another_process_empties_the_cache_once_blocks_are_rea
             ("log",),
             history_version=lambda: (store.forgotten, blocks.version),
         )
-        await recorder.report(login(HOME), at=AT)
-        await recorder.report(login(HOME), at=AT + 900)
-        assert recorder.histories.get("mika") is not None
+        await keep_mika(recorder)
         await other.forget("mika")
         # until the set reads the block version (once a second), the kept history stands
         assert recorder.histories.get("mika") is not None
