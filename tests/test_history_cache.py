@@ -7,6 +7,7 @@ forget by another process (seen through the block version every process reads), 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import sqlite3
 from collections.abc import AsyncIterator, Callable
@@ -146,7 +147,8 @@ async def _delete_origins_behind_the_stores_back(
     backend: Backend, store: Store, account: str
 ) -> None:
     if backend.name == "sqlite":
-        with sqlite3.connect(backend.config.path) as conn:
+        # closing() closes it; the connection's own with block only commits
+        with contextlib.closing(sqlite3.connect(backend.config.path)) as conn, conn:
             conn.execute("DELETE FROM origins WHERE account = ?", (account,))
         return
     import asyncpg
@@ -223,7 +225,7 @@ async def test_off_reads_the_store_every_time(
         await recorder.report(login(HOME), at=AT)
         await recorder.report(login(HOME), at=AT + 900)
         assert len(recorder.histories) == 0
-        with sqlite3.connect(tmp_path / "off.sqlite3") as conn:
+        with contextlib.closing(sqlite3.connect(tmp_path / "off.sqlite3")) as conn, conn:
             conn.execute("DELETE FROM origins")
         outcome = await recorder.report(login(HOME), at=AT + 1000)
         assert Reason.FIRST_USE in outcome.decision.reasons
