@@ -338,14 +338,18 @@ class Worker:
 
     async def _lookups(self, pairs: list[tuple[str, str]], now: float) -> Lookups:
         """Three reads for a batch rather than three per delivery."""
-        rules = self._full.delivery.throttle
         contacts = await self._store.contacts([account for account, _ in pairs])
         sent: dict[tuple[str, str], list[float]] = {}
-        if rules:
-            since = now - max(rule.window_s for rule in rules)
+        since = self._throttle_since(now)
+        if since is not None:
             sent = await self._store.sent_times_of(pairs, since)
         waiting = await self._store.waiting_notices_of(pairs)
         return Lookups(contacts, sent, waiting)
+
+    def _throttle_since(self, now: float) -> float | None:
+        """Since when sent notices count against the throttle rules (None: there are none)."""
+        rules = self._full.delivery.throttle
+        return now - max(rule.window_s for rule in rules) if rules else None
 
     def _not_attempted(self, group: list[Delivery], exc: Exception) -> list[DeliveryResult]:
         """A group that failed before anything was sent: due again soon, no attempt counted."""
@@ -461,11 +465,10 @@ class Worker:
         )
         if wake is not None:
             return result(S.DEFERRED, "quiet hours", wake)
-        rules = self._full.delivery.throttle
-        if rules:
-            since = now - max(rule.window_s for rule in rules)
+        since = self._throttle_since(now)
+        if since is not None:
             sent = [at for at in lookups.sent.get(key, ()) if at >= since]
-            free_at = throttled_until(sent, now, rules)
+            free_at = throttled_until(sent, now, self._full.delivery.throttle)
             if free_at is not None:
                 return result(S.DEFERRED, "throttled: per-account limit reached", free_at)
         until = notice.time.timestamp()

@@ -120,18 +120,11 @@ class OriginResolver:
         address = parse_address(text)
         # Every class is looked up: real data has no entry for private ranges, but an admin's
         # own database may map them.
-        placed = self._placed(address)
-        prefix, country, asn, as_org, location = (
-            placed.prefix,
-            placed.country,
-            placed.asn,
-            placed.as_org,
-            placed.location,
-        )
+        prefix, country, asn, as_org, _, location, address_class = self._placed(address)
         network = self.networks.match(address, asn) if self.networks else None
         return Origin(
             address=str(address),
-            address_class=placed.address_class or classify(address),
+            address_class=address_class or classify(address),
             prefix=prefix,
             country=country,
             asn=asn,

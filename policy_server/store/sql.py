@@ -213,9 +213,9 @@ SELECT_PENDING = (
     " AND EXISTS (SELECT 1 FROM deliveries d WHERE d.account = n.account"
     f"  AND d.notice_id = n.id AND d.status IN {_in(*UNDELIVERED)})"
 )
-# An account's notices still queued for a channel, created up to the parameter ({join}: the
-# dialect's deliveries-with-notices join)
-# what the worker reads once per claimed batch ({values}: a condition on the account)
+# What the worker reads once per claimed batch ({values}: a condition on the account): the
+# contacts, the sent times, and the notices still queued ({join}: the dialect's
+# deliveries-with-notices join)
 SELECT_CONTACTS = "SELECT account, email, phone, language, timezone FROM contacts WHERE {values}"
 SELECT_SENT = (
     "SELECT account, channel, updated FROM deliveries WHERE {values}"
