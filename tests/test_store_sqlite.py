@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -185,3 +187,82 @@ async def test_a_write_gives_up_after_busy_timeout_and_writes_nothing(tmp_path: 
     finally:
         other.close()
         await store.close()
+
+
+async def test_opening_waits_while_another_process_sets_the_file_up(tmp_path: Path) -> None:
+    # A file another process is still setting up (here: a rollback-journal file in the middle
+    # of a write) answers "database is locked" at once to the journal mode's change.
+    db = tmp_path / "s.sqlite3"
+    other = sqlite3.connect(db, isolation_level=None)
+    store = SQLiteStore(StorageConfig(path=str(db)))
+    try:
+        other.execute("CREATE TABLE unrelated (x)")
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO unrelated VALUES (1)")
+        opening = asyncio.ensure_future(store.open())
+        for _ in range(1000):  # bounded: 10 s at most
+            if store.busy_retries >= 2 or opening.done():
+                break
+            await asyncio.sleep(0.01)
+        assert not opening.done() and store.busy_retries >= 2
+        other.execute("COMMIT")
+        await opening
+        await record(store, login("alice"))
+        assert rows(db, "SELECT account FROM accounts") == [("alice",)]
+        assert rows(db, "PRAGMA journal_mode") == [("wal",)]
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_opening_gives_up_after_busy_timeout_with_the_reason(tmp_path: Path) -> None:
+    db = tmp_path / "s.sqlite3"
+    other = sqlite3.connect(db, isolation_level=None)
+    store = SQLiteStore(StorageConfig(path=str(db), busy_timeout_ms=200))
+    try:
+        other.execute("CREATE TABLE unrelated (x)")
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreError, match=r"cannot open SQLite store .*locked"):
+            await store.open()
+        other.execute("COMMIT")
+        assert store.busy_retries > 0
+    finally:
+        other.close()
+        await store.close()
+
+
+def _open_in_rounds(folder: str, rounds: int, start: Any, results: Any) -> None:
+    """One process of the test below: in each round, open and close a new store file."""
+
+    async def one(path: str) -> str:
+        store = SQLiteStore(StorageConfig(path=path))
+        try:
+            await store.open()
+            await record(store, login("alice"))
+        except StoreError as exc:
+            return str(exc)
+        finally:
+            await store.close()
+        return "ok"
+
+    for n in range(rounds):
+        start.wait(timeout=60)
+        results.put(asyncio.run(one(str(Path(folder) / f"round{n}.sqlite3"))))
+
+
+def test_processes_opening_a_new_file_together_all_open_it(tmp_path: Path) -> None:
+    # serve --workers N starts its processes at once on a store file that may not exist yet
+    processes, rounds = 4, 15
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(processes), context.Queue()
+    workers = [
+        context.Process(target=_open_in_rounds, args=(str(tmp_path), rounds, start, results))
+        for _ in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=120) for _ in range(processes * rounds)]
+    for worker in workers:
+        worker.join(timeout=60)
+    assert [o for o in outcomes if o != "ok"] == []
+    assert all(worker.exitcode == 0 for worker in workers)

@@ -108,6 +108,8 @@ class SQLiteDialect(Dialect):
 
 #: how often a writer asks again for the file's write lock another process holds
 BUSY_RETRY_S = 0.001
+#: how often an opening that found the file busy is tried again
+OPEN_RETRY_S = 0.01
 
 
 def _busy(exc: sqlite3.Error) -> bool:
@@ -176,30 +178,60 @@ class SQLiteStore(SQLStore):
 
     async def open(self, migrate: bool = True) -> None:
         where = f"the SQLite store {self._path}"
-        try:
-            if not migrate:
-                await self._check_file(where)
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = await self._connect(read_only=False)
-            if migrate:
-                await self._migrate_file(self._writer, where)
-            # from now on the writer waits for the write lock in _begin, not in SQLite
-            await self._writer.raw.execute("PRAGMA busy_timeout = 0")
-            self._reader = await self._connect(read_only=True)
-            self._point = sqlite3.connect(str(self._path), isolation_level=None)
-            # waiting on the loop must stay short; WAL makes waiting rare for a reader anyway
-            self._point.execute("PRAGMA busy_timeout = 50")
-            self._point.execute("PRAGMA query_only = ON")
-        except SchemaBehind:
-            await self.close()
-            raise
-        except (sqlite3.Error, OSError) as exc:
-            await self.close()
-            raise StoreError(f"cannot open SQLite store {self._path}: {exc}") from exc
+        # A file another process is setting up (its journal mode, its schema) or tidying up as
+        # it closes answers "database is locked" at once, without SQLite's busy handler: the
+        # whole opening is tried again until busy_timeout_ms.
+        deadline = time.monotonic() + self._config.busy_timeout_ms / 1000
+        while True:
+            try:
+                await self._connect_all(migrate, where)
+                break
+            except SchemaBehind:
+                await self.close()
+                raise
+            except (sqlite3.Error, OSError) as exc:
+                await self._close_connections()
+                if isinstance(exc, sqlite3.Error) and _busy(exc) and time.monotonic() < deadline:
+                    self.busy_retries += 1
+                    await asyncio.sleep(OPEN_RETRY_S)
+                    continue
+                await self.close()
+                raise StoreError(f"cannot open SQLite store {self._path}: {exc}") from exc
         self._start_writer("sqlite-writer")
+
+    async def _connect_all(self, migrate: bool, where: str) -> None:
+        if not migrate:
+            await self._check_file(where)
+            self._writer = await self._connect(read_only=False)
+        else:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            # Processes starting together (serve --workers N) must not set up the file at the
+            # same time: its journal mode, the version check and the scripts run under a lock
+            # file beside the database.
+            lock_path = self._path.with_name(self._path.name + ".lock")
+            lock = await asyncio.to_thread(_lock_file, lock_path)
+            try:
+                self._writer = await self._connect(read_only=False)
+                await self._migrate_file(self._writer, where)
+            finally:
+                lock.close()
+        # from now on the writer waits for the write lock in _begin, not in SQLite
+        await self._writer.raw.execute("PRAGMA busy_timeout = 0")
+        self._reader = await self._connect(read_only=True)
+        self._point = sqlite3.connect(str(self._path), isolation_level=None)
+        # waiting on the loop must stay short; WAL makes waiting rare for a reader anyway
+        self._point.execute("PRAGMA busy_timeout = 50")
+        self._point.execute("PRAGMA query_only = ON")
 
     async def close(self) -> None:
         await self._stop_writer()
+        await self._close_connections()
+        for handle in self._slots:
+            handle.close()
+        self._slots.clear()
+        self._fail_queued()
+
+    async def _close_connections(self) -> None:
         for conn in (self._reader, self._writer):
             if conn is not None:
                 with contextlib.suppress(sqlite3.Error, ValueError):
@@ -208,10 +240,6 @@ class SQLiteStore(SQLStore):
             with contextlib.suppress(sqlite3.Error):
                 self._point.close()
         self._reader = self._writer = self._point = None
-        for handle in self._slots:
-            handle.close()
-        self._slots.clear()
-        self._fail_queued()
 
     async def _check_file(self, where: str) -> None:
         """SchemaBehind unless the file exists with the newest schema; changes nothing."""
@@ -226,10 +254,6 @@ class SQLiteStore(SQLStore):
             await conn.close()
 
     async def _migrate_file(self, conn: _Connection, where: str) -> None:
-        # Processes starting together (serve --workers N) must not migrate at the same time:
-        # the version check and the scripts run under a lock file beside the database.
-        lock = await asyncio.to_thread(_lock_file, self._path.with_name(self._path.name + ".lock"))
-
         async def apply(version: int, script: str) -> None:
             # executescript commits on its own, so the version row goes in the same script.
             await conn.raw.executescript(
@@ -237,10 +261,7 @@ class SQLiteStore(SQLStore):
                 f"INSERT INTO schema_version VALUES ({version}, {time.time()!r});\nCOMMIT;"
             )
 
-        try:
-            await self._migrate(conn, apply, where)
-        finally:
-            lock.close()
+        await self._migrate(conn, apply, where)
 
     @contextlib.asynccontextmanager
     async def reading(self) -> AsyncIterator[Connection]:
