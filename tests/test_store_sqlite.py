@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -189,12 +190,26 @@ async def test_a_write_gives_up_after_busy_timeout_and_writes_nothing(tmp_path: 
         await store.close()
 
 
+def connection_threads() -> set[threading.Thread]:
+    """aiosqlite's threads alive, one per open connection: one left open keeps a process up."""
+    return {t for t in threading.enumerate() if "_connection_worker_thread" in t.name}
+
+
+def assert_closed_since(before: set[threading.Thread]) -> None:
+    """Every connection opened since ``before`` was closed: its thread ends (a closed
+    connection's thread ends just after ``close`` returns)."""
+    for thread in connection_threads() - before:
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "a connection was left open"
+
+
 async def test_opening_waits_while_another_process_sets_the_file_up(tmp_path: Path) -> None:
     # A file another process is still setting up (here: a rollback-journal file in the middle
     # of a write) answers "database is locked" at once to the journal mode's change.
     db = tmp_path / "s.sqlite3"
     other = sqlite3.connect(db, isolation_level=None)
     store = SQLiteStore(StorageConfig(path=str(db)))
+    threads = connection_threads()
     try:
         other.execute("CREATE TABLE unrelated (x)")
         other.execute("BEGIN IMMEDIATE")
@@ -213,12 +228,14 @@ async def test_opening_waits_while_another_process_sets_the_file_up(tmp_path: Pa
     finally:
         other.close()
         await store.close()
+    assert_closed_since(threads)
 
 
 async def test_opening_gives_up_after_busy_timeout_with_the_reason(tmp_path: Path) -> None:
     db = tmp_path / "s.sqlite3"
     other = sqlite3.connect(db, isolation_level=None)
     store = SQLiteStore(StorageConfig(path=str(db), busy_timeout_ms=200))
+    threads = connection_threads()
     try:
         other.execute("CREATE TABLE unrelated (x)")
         other.execute("BEGIN IMMEDIATE")
@@ -226,6 +243,8 @@ async def test_opening_gives_up_after_busy_timeout_with_the_reason(tmp_path: Pat
             await store.open()
         other.execute("COMMIT")
         assert store.busy_retries > 0
+        # every try's connections closed, not only the last one's
+        assert_closed_since(threads)
     finally:
         other.close()
         await store.close()

@@ -165,15 +165,20 @@ class SQLiteStore(SQLStore):
 
     async def _connect(self, *, read_only: bool) -> _Connection:
         conn = await aiosqlite.connect(str(self._path), isolation_level=None)
-        await conn.execute(f"PRAGMA busy_timeout = {int(self._config.busy_timeout_ms)}")
-        if read_only:
-            await conn.execute("PRAGMA query_only = ON")
-        else:
-            await conn.execute("PRAGMA journal_mode = WAL")
-            # NORMAL in WAL mode survives a killed process; only an OS crash may lose the
-            # last commits, which is what "synchronous = full" is for.
-            await conn.execute(f"PRAGMA synchronous = {self._config.synchronous.upper()}")
-            await conn.execute("PRAGMA foreign_keys = ON")
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {int(self._config.busy_timeout_ms)}")
+            if read_only:
+                await conn.execute("PRAGMA query_only = ON")
+            else:
+                await conn.execute("PRAGMA journal_mode = WAL")
+                # NORMAL in WAL mode survives a killed process; only an OS crash may lose the
+                # last commits, which is what "synchronous = full" is for.
+                await conn.execute(f"PRAGMA synchronous = {self._config.synchronous.upper()}")
+                await conn.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            # closed here, or its thread would keep the process from exiting
+            await conn.close()
+            raise
         return _Connection(conn)
 
     async def open(self, migrate: bool = True) -> None:
