@@ -19,7 +19,7 @@ import contextlib
 import fcntl
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, overload
 
@@ -185,23 +185,17 @@ class SQLiteStore(SQLStore):
         where = f"the SQLite store {self._path}"
         # A file another process is setting up (its journal mode, its schema) or tidying up as
         # it closes answers "database is locked" at once, without SQLite's busy handler: the
-        # whole opening is tried again until busy_timeout_ms.
-        deadline = time.monotonic() + self._config.busy_timeout_ms / 1000
-        while True:
-            try:
-                await self._connect_all(migrate, where)
-                break
-            except SchemaBehind:
-                await self.close()
-                raise
-            except (sqlite3.Error, OSError) as exc:
-                await self._close_connections()
-                if isinstance(exc, sqlite3.Error) and _busy(exc) and time.monotonic() < deadline:
-                    self.busy_retries += 1
-                    await asyncio.sleep(OPEN_RETRY_S)
-                    continue
-                await self.close()
-                raise StoreError(f"cannot open SQLite store {self._path}: {exc}") from exc
+        # whole opening is tried again.
+        try:
+            await self._while_busy(
+                lambda: self._connect_all(migrate, where), OPEN_RETRY_S, self._close_connections
+            )
+        except SchemaBehind:
+            await self.close()
+            raise
+        except (sqlite3.Error, OSError) as exc:
+            await self.close()
+            raise StoreError(f"cannot open SQLite store {self._path}: {exc}") from exc
         self._start_writer("sqlite-writer")
 
     async def _connect_all(self, migrate: bool, where: str) -> None:
@@ -292,16 +286,28 @@ class SQLiteStore(SQLStore):
     async def _begin(self, conn: _Connection) -> None:
         """``BEGIN IMMEDIATE``, asked again every ``BUSY_RETRY_S`` while another process holds
         the write lock, until ``busy_timeout_ms`` (then the store's error)."""
+        await self._while_busy(lambda: conn.raw.execute("BEGIN IMMEDIATE"), BUSY_RETRY_S)
+
+    async def _while_busy(
+        self,
+        attempt: Callable[[], Awaitable[object]],
+        every_s: float,
+        undo: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """``attempt`` again every ``every_s`` while it finds the file locked by another
+        process (``undo`` first, when given), until ``busy_timeout_ms``; then its error."""
         deadline = time.monotonic() + self._config.busy_timeout_ms / 1000
         while True:
             try:
-                await conn.raw.execute("BEGIN IMMEDIATE")
+                await attempt()
                 return
             except sqlite3.OperationalError as exc:
                 if not _busy(exc) or time.monotonic() >= deadline:
                     raise
+            if undo is not None:
+                await undo()
             self.busy_retries += 1
-            await asyncio.sleep(BUSY_RETRY_S)
+            await asyncio.sleep(every_s)
 
     async def _lock_slot(self, name: str, slot: int) -> bool:
         # one node shares a SQLite file: the slot alone names the process
